@@ -1,0 +1,63 @@
+// The Env seams: every source of nondeterminism (time, randomness, threads) that the runtime
+// uses. Only core's real implementation touches the system clock, a random device or a thread;
+// a simulator supplies its own Env and steps the whole node from one thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace tandem {
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  // Monotonic time in microseconds; only differences are meaningful.
+  virtual int64_t now_us() const = 0;
+  // Wall-clock milliseconds since the Unix epoch; used for durable deadlines and timers,
+  // which must keep their meaning across a restart.
+  virtual int64_t wall_ms() const = 0;
+};
+
+// A seeded pseudo-random source. Not thread-safe: one per executor.
+class Random {
+ public:
+  explicit Random(uint64_t seed) : state_(seed) {}
+  uint64_t next();
+  // Uniform in [0, n); n > 0.
+  uint64_t uniform(uint64_t n) { return next() % n; }
+  // True with probability p.
+  bool chance(double p) { return static_cast<double>(next() >> 11) * 0x1.0p-53 < p; }
+
+ private:
+  uint64_t state_;
+};
+
+// A serial executor: tasks run one at a time, in post order, on one thread.
+// post() and post_after() are thread-safe.
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  virtual void post(std::function<void()> task) = 0;
+  virtual void post_after(std::chrono::microseconds delay, std::function<void()> task) = 0;
+  // True when called from this executor's thread.
+  virtual bool in_this_thread() const = 0;
+};
+
+class Env {
+ public:
+  virtual ~Env() = default;
+  virtual Clock& clock() = 0;
+  // A new seed for a per-executor Random.
+  virtual uint64_t seed() = 0;
+  // A new serial executor on its own thread (real Env) or on the simulator's loop.
+  // The Executor stops and joins when destroyed; tasks still queued are dropped.
+  virtual std::unique_ptr<Executor> make_executor(const std::string& name) = 0;
+};
+
+// The production Env: system clocks, a random-device seed, Asio executors on threads.
+std::unique_ptr<Env> make_real_env();
+
+}  // namespace tandem

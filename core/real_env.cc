@@ -1,0 +1,84 @@
+#include <tandem/core/env.h>
+
+#include <atomic>
+#include <random>
+#include <thread>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <pthread.h>
+
+namespace tandem {
+
+uint64_t Random::next() {  // splitmix64
+  uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+namespace {
+
+class RealClock final : public Clock {
+ public:
+  int64_t now_us() const override {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  int64_t wall_ms() const override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+};
+
+class AsioExecutor final : public Executor {
+ public:
+  explicit AsioExecutor(const std::string& name) : work_(io_.get_executor()) {
+    thread_ = std::thread([this, name] {
+      pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+      io_.run();
+    });
+  }
+  ~AsioExecutor() override {
+    work_.reset();
+    io_.stop();
+    thread_.join();
+  }
+  void post(std::function<void()> task) override { boost::asio::post(io_, std::move(task)); }
+  void post_after(std::chrono::microseconds delay, std::function<void()> task) override {
+    auto timer = std::make_shared<boost::asio::steady_timer>(io_, delay);
+    timer->async_wait([timer, task = std::move(task)](const boost::system::error_code& ec) {
+      if (!ec) task();
+    });
+  }
+  bool in_this_thread() const override { return std::this_thread::get_id() == thread_.get_id(); }
+
+ private:
+  boost::asio::io_context io_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
+  std::thread thread_;
+};
+
+class RealEnv final : public Env {
+ public:
+  Clock& clock() override { return clock_; }
+  uint64_t seed() override { return (static_cast<uint64_t>(rd_()) << 32) ^ rd_() ^ counter_++; }
+  std::unique_ptr<Executor> make_executor(const std::string& name) override {
+    return std::make_unique<AsioExecutor>(name);
+  }
+
+ private:
+  RealClock clock_;
+  std::random_device rd_;
+  std::atomic<uint64_t> counter_{0};
+};
+
+}  // namespace
+
+std::unique_ptr<Env> make_real_env() { return std::make_unique<RealEnv>(); }
+
+}  // namespace tandem

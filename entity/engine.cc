@@ -1,0 +1,591 @@
+#include "engine.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <filesystem>
+
+#include <tandem/core/crash_point.h>
+#include <tandem/core/key_codec.h>
+#include <tandem/core/log.h>
+
+#include "records.h"
+#include "row_keys.h"
+#include "transition.h"
+
+namespace tandem::entity {
+
+using messaging::Envelope;
+using messaging::Kind;
+using partition::Cf;
+
+namespace {
+
+std::string hex(std::string_view b) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string s;
+  s.reserve(b.size() * 2);
+  for (unsigned char c : b) {
+    s.push_back(kHex[c >> 4]);
+    s.push_back(kHex[c & 0xF]);
+  }
+  return s;
+}
+
+std::optional<std::string> unhex(std::string_view h) {
+  if (h.size() % 2) return std::nullopt;
+  std::string out;
+  for (size_t i = 0; i < h.size(); i += 2) {
+    auto nib = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      return -1;
+    };
+    int a = nib(h[i]), b = nib(h[i + 1]);
+    if (a < 0 || b < 0) return std::nullopt;
+    out.push_back(static_cast<char>(a * 16 + b));
+  }
+  return out;
+}
+
+}  // namespace
+
+Engine::Engine(Env& env, const Registry& registry, NodeOptions opts)
+    : env_(env), registry_(registry), opts_(std::move(opts)) {
+  for (auto& [name, t] : registry_.types()) {
+    partition::TypeScheme s;
+    s.kind = t.placement.kind == Placement::Kind::kHash ? partition::TypeScheme::Kind::kHash
+                                                        : partition::TypeScheme::Kind::kRange;
+    s.slots = t.placement.slots;
+    placement_.set_scheme(name, s);
+  }
+}
+
+Engine::~Engine() { stop(); }
+
+Status Engine::start() {
+  auto d = partition::parse_durability(opts_.durability);
+  if (!d) return d.status();
+  durability_ = *d;
+  if (opts_.data_dir.empty()) return Status::invalid_argument("data_dir is empty");
+  if (opts_.max_batch == 0 || opts_.max_attempts <= 0)
+    return Status::invalid_argument("max_batch and max_attempts must be positive");
+  std::error_code ec;
+  std::filesystem::create_directories(opts_.data_dir, ec);
+  if (ec) return Status::invalid_argument("cannot create data dir " + opts_.data_dir + ": " + ec.message());
+  auto store = partition::Store::open({opts_.data_dir, durability_});
+  if (!store) return store.status();
+  store_ = std::move(*store);
+  view_ = std::make_unique<partition::View>(*store_, opts_.cache_entries);
+  random_ = std::make_unique<Random>(env_.seed());
+
+  exec_ = env_.make_executor("tandem-run");
+  commit_exec_ = env_.make_executor("tandem-commit");
+  local_transport_ = std::make_unique<messaging::LocalTransport>(*this);
+  transport_ = local_transport_.get();
+  const auto& f = opts_.faults;
+  messaging::FaultOptions fo{f.duplicate, f.max_copies, f.drop, f.delay, f.max_delay_us, f.seed};
+  if (fo.any()) {
+    fault_exec_ = env_.make_executor("tandem-faults");
+    faulty_transport_ = std::make_unique<messaging::FaultyTransport>(*local_transport_, *fault_exec_, fo);
+    transport_ = faulty_transport_.get();
+  }
+  messaging::RelayOptions ro;
+  ro.ack_timeout_us = opts_.relay_ack_timeout_ms * 1000;
+  ro.backoff_min_us = opts_.relay_backoff_min_ms * 1000;
+  ro.backoff_max_us = opts_.relay_backoff_max_ms * 1000;
+  relay_ = std::make_unique<messaging::Relay>(*exec_, *transport_, env_.clock(), env_.seed(), ro,
+                                               [this](const std::string& k) { on_relay_acked(k); });
+  timer_ids_ = static_cast<uint64_t>(env_.clock().wall_ms()) * 1000;
+  Status st;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  exec_->post([&] {
+    auto s = recover();
+    std::lock_guard lock(mu);
+    st = s;
+    done = true;
+    cv.notify_all();
+  });
+  std::unique_lock lock(mu);
+  cv.wait(lock, [&] { return done; });
+  return st;
+}
+
+// Runs on exec_. Scans only the outbox and timer families: pending deliveries and timers
+// resume without visiting any entity's state.
+Status Engine::recover() {
+  size_t rows = 0, timers = 0;
+  TANDEM_TRY(store_->scan(Cf::kOutbox, "", "", [&](std::string_view k, std::string_view v) {
+    auto env = messaging::decode_envelope(v);
+    if (!env) {
+      log::error("outbox row {} does not decode ({}); left in place", hex(k), env.status().to_string());
+      return true;
+    }
+    relay_->add(std::string(k), std::move(*env));
+    ++rows;
+    return true;
+  }));
+  TANDEM_TRY(store_->scan(Cf::kTimer, "", "", [&](std::string_view k, std::string_view v) {
+    auto t = TimerRow::decode(v);
+    if (!t) {
+      log::error("timer row {} does not decode; left in place", hex(k));
+      return true;
+    }
+    timers_.push({t->due_ms, std::string(k)});
+    ++timers;
+    return true;
+  }));
+  c_.timers = timers_.size();
+  c_.outbox_depth = relay_->depth();
+  log::info("recovered {} outbox rows and {} timers from {}", rows, timers, opts_.data_dir);
+  arm_timer_wakeup();
+  schedule_step();
+  return Status::ok();
+}
+
+void Engine::stop() {
+  if (!exec_) return;
+  // Let in-flight commits finish, then stop the loop; queued messages stay durable in their
+  // senders' outboxes (or, for client calls, are retried by the client).
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  auto check = std::make_shared<std::function<void()>>();
+  *check = [&, check] {
+    stopped_ = true;
+    if (inflight_commits_ > 0) {
+      exec_->post_after(std::chrono::milliseconds(1), *check);
+      return;
+    }
+    std::lock_guard lock(mu);
+    done = true;
+    cv.notify_all();
+  };
+  exec_->post(*check);
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return done; });
+  }
+  if (relay_) relay_->stop();
+  fault_exec_.reset();
+  exec_.reset();
+  commit_exec_.reset();
+  relay_.reset();
+  faulty_transport_.reset();
+  view_.reset();
+  store_.reset();
+  std::lock_guard lock(calls_mu_);
+  for (auto& [k, fn] : calls_) fn(ClientReply{Status::unavailable("node stopped"), 0, {}});
+  calls_.clear();
+}
+
+// ---- inbound ----
+
+void Engine::deliver(Envelope env, messaging::AckFn ack) {
+  Work w;
+  w.env = std::move(env);
+  w.ack = std::move(ack);
+  bool wake;
+  {
+    std::lock_guard lock(inbox_mu_);
+    inbox_.push_back(std::move(w));
+    wake = !inbox_wake_;
+    inbox_wake_ = true;
+  }
+  if (wake && exec_) exec_->post([this] { schedule_step(); });
+}
+
+std::string Engine::call_key(const std::string& client_id, const std::string& idem) {
+  std::string k = client_id;
+  k.push_back('\0');
+  k += idem;
+  return k;
+}
+
+void Engine::call(const EntityRef& to, uint64_t payload_type, std::string payload, const std::string& client_id,
+                  const std::string& idem, std::function<void(ClientReply)> done) {
+  auto refuse = [&](Status s) { done(ClientReply{std::move(s), 0, {}}); };
+  if (auto s = validate_ref(to); !s) return refuse(s);
+  if (!registry_.find(to.type)) return refuse(Status::invalid_argument("unknown entity type '" + to.type + "'"));
+  if (idem.empty()) return refuse(Status::invalid_argument("a client request needs an idempotency key"));
+  if (client_id.empty() || client_id.size() > kMaxEntityKeyBytes)
+    return refuse(Status::invalid_argument("client id must be 1.." + std::to_string(kMaxEntityKeyBytes) + " bytes"));
+  if (payload.size() > messaging::kMaxPayloadBytes)
+    return refuse(Status::invalid_argument("payload too large (" + std::to_string(payload.size()) + " bytes)"));
+  {
+    std::lock_guard lock(calls_mu_);
+    auto [it, inserted] = calls_.try_emplace(call_key(client_id, idem), std::move(done));
+    if (!inserted) {
+      // The same request is already waiting: chain both callers onto the one reply.
+      auto first = std::move(it->second);
+      it->second = [first = std::move(first), second = std::move(done)](ClientReply r) {
+        first(r);
+        second(std::move(r));
+      };
+    }
+  }
+  c_.inflight++;
+  Envelope env;
+  env.from = EntityRef{std::string(kClientType), client_id};
+  env.to = to;
+  env.kind = Kind::kClientRequest;
+  env.payload_type = payload_type;
+  env.payload = std::move(payload);
+  env.idempotency_key = idem;
+  env.sent_at_ms = env_.clock().wall_ms();
+  deliver(std::move(env), nullptr);
+}
+
+void Engine::complete_call(const std::string& key, ClientReply reply) {
+  std::function<void(ClientReply)> fn;
+  {
+    std::lock_guard lock(calls_mu_);
+    auto it = calls_.find(key);
+    if (it == calls_.end()) return;  // the client is gone; the reply stays stored for its retry
+    fn = std::move(it->second);
+    calls_.erase(it);
+  }
+  c_.inflight--;
+  fn(std::move(reply));
+}
+
+// ---- the loop ----
+
+void Engine::schedule_step() {
+  if (step_scheduled_ || stopped_) return;
+  step_scheduled_ = true;
+  exec_->post([this] { step(); });
+}
+
+void Engine::step() {
+  step_scheduled_ = false;
+  if (stopped_) return;
+  {
+    std::lock_guard lock(inbox_mu_);
+    for (auto& w : inbox_) ready_.push_back(std::move(w));
+    inbox_.clear();
+    inbox_wake_ = false;
+  }
+  fire_due_timers();
+  // Build the open group up to max_batch transitions; while a commit is in flight the group
+  // keeps filling, so the next commit carries everything that arrived meanwhile.
+  while (!ready_.empty() && open_.transitions < opts_.max_batch) {
+    Work w = std::move(ready_.front());
+    ready_.pop_front();
+    process(w);
+  }
+  c_.ready = ready_.size();
+  if (inflight_commits_ == 0 && (view_->open_writes() > 0 || open_.transitions > 0)) seal_and_commit();
+  if (!ready_.empty() && open_.transitions < opts_.max_batch) schedule_step();
+}
+
+void Engine::process(Work& w) {
+  auto& env = w.env;
+  const auto* type = registry_.find(env.to.type);
+  if (!type) return park(w, "unknown entity type '" + env.to.type + "'");
+  if (!w.timer_key.empty()) {
+    auto row = view_->get(Cf::kTimer, w.timer_key);
+    if (!row || !row->has_value()) return;  // already fired
+  }
+  Transition t(*this, *type, env, env_.clock().wall_ms());
+  auto result = t.run();
+  switch (result) {
+    case Transition::Result::kFailed: return fail(w, t.reason(), true);
+    case Transition::Result::kPark: return park(w, t.reason());
+    case Transition::Result::kRefused:
+      log::warn("refused {} from {} to {}: {}", messaging::kind_name(env.kind), env.from.to_string(),
+                env.to.to_string(), t.reason());
+      break;
+    case Transition::Result::kDuplicate: c_.duplicates++; break;
+    case Transition::Result::kApplied: c_.applied++; break;
+  }
+  if (w.timer_key.size()) TANDEM_CRASH_POINT("timer:fired_before_commit");
+  auto& txn = t.txn();
+  if (!w.row_key.empty()) txn.del(Cf::kOutbox, w.row_key);
+  if (!w.timer_key.empty()) txn.del(Cf::kTimer, w.timer_key);
+  for (auto& out : t.outputs()) {
+    if (opts_.inline_local && registry_.find(out.to.type)) {
+      Work next;
+      next.env = std::move(out);
+      next.inline_msg = true;
+      ready_.push_back(std::move(next));
+    } else {
+      std::string key = rows::outbox(placement_.entity_prefix(out.from), out.to, out.seq);
+      txn.put(Cf::kOutbox, key, messaging::encode(out));
+      open_.relay_rows.emplace_back(std::move(key), std::move(out));
+    }
+  }
+  for (auto& c : t.client_outputs()) open_.client_replies.emplace_back(call_key(c.client_id, c.idem), std::move(c.reply));
+  for (auto& tm : t.timers()) open_.timers.push_back({tm.due_ms, std::move(tm.key)});
+  if (w.ack) open_.acks.push_back(std::move(w.ack));
+  view_->apply(std::move(txn));
+  if (result == Transition::Result::kApplied && !attempts_.empty()) attempts_.erase(work_id(env));
+  open_.transitions++;
+}
+
+std::string Engine::work_id(const Envelope& env) const {
+  std::string id = env.to.type + '\0' + env.to.key + '\0' + env.from.type + '\0' + env.from.key + '\0' +
+                   std::to_string(env.seq) + '\0' + env.idempotency_key;
+  return id;
+}
+
+void Engine::fail(Work& w, const std::string& reason, bool retryable) {
+  c_.failures++;
+  int n = ++attempts_[work_id(w.env)];
+  if (!retryable || n >= opts_.max_attempts) {
+    attempts_.erase(work_id(w.env));
+    return park(w, reason + " (after " + std::to_string(n) + " attempts)");
+  }
+  log::warn("{} from {} to {} failed (attempt {}/{}): {}", messaging::kind_name(w.env.kind),
+            w.env.from.to_string(), w.env.to.to_string(), n, opts_.max_attempts, reason);
+  if (w.ack) {
+    // The relay that delivered it retries with backoff.
+    auto ack = std::move(w.ack);
+    ack(Status::unavailable(reason));
+    return;
+  }
+  if (w.inline_msg) {
+    // Its sender commits in the open group: the message must become durable there too.
+    partition::Txn txn(*view_);
+    w.row_key = rows::outbox(placement_.entity_prefix(w.env.from), w.env.to, w.env.seq);
+    txn.put(Cf::kOutbox, w.row_key, messaging::encode(w.env));
+    view_->apply(std::move(txn));
+    w.inline_msg = false;
+  }
+  open_.retries.push_back(std::move(w));
+}
+
+void Engine::park(Work& w, const std::string& reason) {
+  auto& env = w.env;
+  c_.parked++;
+  std::string key(rows::kParkedPrefix);
+  key += placement_.entity_prefix(env.to);
+  keys::append_bytes(key, env.from.type);
+  keys::append_bytes(key, env.from.key);
+  keys::append_u64(key, env.seq);
+  keys::append_bytes(key, env.idempotency_key);
+  keys::append_u64(key, static_cast<uint64_t>(env.kind));
+  log::warn("parked {} from {} to {} (seq {}): {}", messaging::kind_name(env.kind), env.from.to_string(),
+            env.to.to_string(), env.seq, reason);
+  partition::Txn txn(*view_);
+  txn.put(Cf::kMeta, key, ParkedRow{messaging::encode(env), reason}.encode());
+  if (!w.row_key.empty()) txn.del(Cf::kOutbox, w.row_key);
+  if (!w.timer_key.empty()) txn.del(Cf::kTimer, w.timer_key);
+  view_->apply(std::move(txn));
+  if (w.ack) open_.acks.push_back(std::move(w.ack));
+  if (env.kind == Kind::kClientRequest)
+    open_.client_replies.emplace_back(call_key(env.from.key, env.idempotency_key),
+                                      ClientReply{Status::invalid_argument("message parked: " + reason), 0, {}});
+  open_.transitions++;
+}
+
+void Engine::seal_and_commit() {
+  // Messages produced in this group that did not run in it become outbox rows of it, so they
+  // are durable exactly when their senders' transitions are. They stay queued in memory and
+  // consume (delete) their row when they run.
+  partition::Txn spill(*view_);
+  for (auto& w : ready_) {
+    if (!w.inline_msg) continue;
+    w.row_key = rows::outbox(placement_.entity_prefix(w.env.from), w.env.to, w.env.seq);
+    spill.put(Cf::kOutbox, w.row_key, messaging::encode(w.env));
+    w.inline_msg = false;
+  }
+  if (!spill.empty()) view_->apply(std::move(spill));
+  auto sealed = view_->seal();
+  size_t n = open_.transitions;
+  uint64_t mx = c_.max_per_commit.load();
+  if (n > mx) c_.max_per_commit = n;
+  committing_.emplace(sealed.group, std::move(open_));
+  open_ = Actions();
+  inflight_commits_++;
+  int64_t started = env_.clock().now_us();
+  auto batch = std::make_shared<partition::WriteBatch>(std::move(sealed.batch));
+  commit_exec_->post([this, batch, group = sealed.group, started] {
+    TANDEM_CRASH_POINT("commit:before_write");
+    auto s = store_->write(*batch);
+    if (!s) {
+      // Crash-only: the WAL holds every earlier commit; recovery replays from there.
+      log::error("group commit failed: {}; stopping the process", s.to_string());
+      std::abort();
+    }
+    TANDEM_CRASH_POINT("commit:after_write");
+    exec_->post([this, group, started] { on_committed(group, started); });
+  });
+}
+
+void Engine::on_committed(uint64_t group, int64_t started_us) {
+  TANDEM_CRASH_POINT("commit:before_ack");
+  inflight_commits_--;
+  c_.commits++;
+  c_.commit_us += static_cast<uint64_t>(env_.clock().now_us() - started_us);
+  view_->committed(group);
+  auto node = committing_.extract(group);
+  auto& a = node.mapped();
+  for (auto& ack : a.acks) ack(Status::ok());
+  for (auto& [key, env] : a.relay_rows) relay_->add(key, std::move(env));
+  for (auto& [key, reply] : a.client_replies) complete_call(key, std::move(reply));
+  for (auto& t : a.timers) timers_.push(std::move(t));
+  for (auto& w : a.retries) {
+    int n = attempts_.count(work_id(w.env)) ? attempts_[work_id(w.env)] : 1;
+    int64_t backoff_us = std::min<int64_t>(opts_.relay_backoff_min_ms * 1000 << std::min(n, 16),
+                                           opts_.relay_backoff_max_ms * 1000);
+    exec_->post_after(std::chrono::microseconds(backoff_us), [this, w = std::move(w)]() mutable {
+      if (stopped_) return;
+      ready_.push_back(std::move(w));
+      schedule_step();
+    });
+  }
+  c_.timers = timers_.size();
+  c_.outbox_depth = relay_->depth();
+  c_.relay_retries = relay_->retries();
+  arm_timer_wakeup();
+  schedule_step();
+}
+
+void Engine::on_relay_acked(const std::string& row_key) {
+  TANDEM_CRASH_POINT("relay:acked_before_delete");
+  partition::Txn txn(*view_);
+  txn.del(Cf::kOutbox, row_key);
+  view_->apply(std::move(txn));
+  c_.outbox_depth = relay_->depth();
+  schedule_step();
+}
+
+void Engine::fire_due_timers() {
+  int64_t now = env_.clock().wall_ms();
+  while (!timers_.empty() && timers_.top().due_ms <= now) {
+    auto t = timers_.top();
+    timers_.pop();
+    auto row = view_->get(Cf::kTimer, t.key);
+    if (!row || !row->has_value()) continue;  // fired before a restart, or duplicated in the heap
+    auto tr = TimerRow::decode(**row);
+    auto env = tr ? messaging::decode_envelope(tr->envelope) : Result<Envelope>(Status::corruption("timer row"));
+    if (!env) {
+      log::error("timer row does not decode; dropping it");
+      partition::Txn txn(*view_);
+      txn.del(Cf::kTimer, t.key);
+      view_->apply(std::move(txn));
+      continue;
+    }
+    Work w;
+    w.env = std::move(*env);
+    w.timer_key = std::move(t.key);
+    ready_.push_back(std::move(w));
+  }
+  c_.timers = timers_.size();
+}
+
+void Engine::arm_timer_wakeup() {
+  if (timers_.empty()) return;
+  int64_t due = timers_.top().due_ms;
+  if (timer_wakeup_at_ != 0 && timer_wakeup_at_ <= due) return;  // an earlier wake-up is armed
+  timer_wakeup_at_ = due;
+  int64_t delay_ms = std::max<int64_t>(0, due - env_.clock().wall_ms());
+  exec_->post_after(std::chrono::milliseconds(delay_ms), [this, due] {
+    if (timer_wakeup_at_ == due) timer_wakeup_at_ = 0;
+    if (stopped_) return;
+    schedule_step();
+    arm_timer_wakeup();
+  });
+}
+
+// ---- admin ----
+
+NodeStats Engine::stats() const {
+  NodeStats s;
+  s.applied = c_.applied;
+  s.duplicates = c_.duplicates;
+  s.parked = c_.parked;
+  s.failures = c_.failures;
+  s.commits = c_.commits;
+  s.outbox_depth = c_.outbox_depth;
+  s.relay_retries = c_.relay_retries;
+  s.ready = c_.ready;
+  s.timers = c_.timers;
+  s.inflight_calls = static_cast<uint64_t>(std::max(0, c_.inflight.load()));
+  s.commit_ms_avg = s.commits ? static_cast<double>(c_.commit_us) / 1000.0 / static_cast<double>(s.commits) : 0;
+  s.transitions_per_commit_max = c_.max_per_commit;
+  return s;
+}
+
+bool Engine::quiescent() const {
+  if (!exec_) return true;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false, q = false;
+  exec_->post([&] {
+    bool inbox_empty;
+    {
+      std::lock_guard lock(const_cast<std::mutex&>(inbox_mu_));
+      inbox_empty = inbox_.empty();
+    }
+    bool r = inbox_empty && ready_.empty() && inflight_commits_ == 0 && open_.transitions == 0 &&
+             view_->open_writes() == 0 && relay_->depth() == 0 && attempts_.empty();
+    std::lock_guard lock(mu);
+    q = r;
+    done = true;
+    cv.notify_all();
+  });
+  std::unique_lock lock(mu);
+  cv.wait(lock, [&] { return done; });
+  return q;
+}
+
+Result<std::vector<ParkedMessage>> Engine::parked() {
+  std::vector<ParkedMessage> out;
+  std::string begin(rows::kParkedPrefix);
+  TANDEM_TRY(store_->scan(Cf::kMeta, begin, keys::prefix_successor(begin), [&](std::string_view k, std::string_view v) {
+    auto row = ParkedRow::decode(v);
+    if (!row) return true;
+    auto env = messaging::decode_envelope(row->envelope);
+    if (!env) return true;
+    out.push_back({hex(k), env->to, env->from, std::string(messaging::kind_name(env->kind)), row->reason});
+    return true;
+  }));
+  return out;
+}
+
+Status Engine::redrive(const std::string& id) {
+  auto key = unhex(id);
+  if (!key || key->rfind(rows::kParkedPrefix, 0) != 0) return Status::invalid_argument("not a parked message id: " + id);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  Status result;
+  exec_->post([&] {
+    Status s;
+    auto row = view_->get(Cf::kMeta, *key);
+    if (!row) {
+      s = row.status();
+    } else if (!row->has_value()) {
+      s = Status::not_found("no parked message " + id);
+    } else {
+      auto pr = ParkedRow::decode(**row);
+      auto env = pr ? messaging::decode_envelope(pr->envelope) : Result<Envelope>(Status::corruption("parked row"));
+      if (!env) {
+        s = env.status();
+      } else {
+        // Deleting the parked row and running the message again go into the same group: if
+        // the message fails again it is parked again under the same id.
+        partition::Txn txn(*view_);
+        txn.del(Cf::kMeta, *key);
+        view_->apply(std::move(txn));
+        log::info("redriving parked message to {}", env->to.to_string());
+        Work w;
+        w.env = std::move(*env);
+        ready_.push_back(std::move(w));
+        schedule_step();
+      }
+    }
+    std::lock_guard lock(mu);
+    result = s;
+    done = true;
+    cv.notify_all();
+  });
+  std::unique_lock lock(mu);
+  cv.wait(lock, [&] { return done; });
+  return result;
+}
+
+}  // namespace tandem::entity

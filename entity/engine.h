@@ -1,0 +1,140 @@
+// Engine: the node runtime behind Node. One serial executor runs every transition of the
+// node's entities; a second one commits sealed groups, so the next group is built while the
+// previous one is being written (and fsynced in strict durability).
+//
+// The path of one message:
+//   handler calls ctx.send -> the envelope gets the next seq of the (sender, receiver) pair
+//   -> if the receiver is hosted here and the open group has room, it is queued in memory and
+//      runs inside the same group commit (no outbox row: both transitions commit or neither)
+//   -> otherwise (group full at seal, inline off, remote receiver) it is written as an outbox
+//      row in the sender's transition; after the commit the relay delivers it through the
+//      transport; the receiver dedups it against its activity record, runs it, commits, acks;
+//      the ack deletes the row in a later group.
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <queue>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <tandem/core/env.h>
+#include <tandem/entity/entity.h>
+#include <tandem/entity/node.h>
+#include <tandem/messaging/envelope.h>
+#include <tandem/messaging/relay.h>
+#include <tandem/messaging/transport.h>
+#include <tandem/partition/placement.h>
+#include <tandem/partition/store.h>
+
+namespace tandem::entity {
+
+// Internal timer payload types (kind kInternal).
+inline constexpr uint64_t kOpExpire = 1;
+inline constexpr uint64_t kEscrowDeadline = 2;
+
+class Engine final : public messaging::Inbound {
+ public:
+  Engine(Env& env, const Registry& registry, NodeOptions opts);
+  ~Engine() override;
+  Status start();
+  void stop();
+
+  // Inbound: thread-safe.
+  void deliver(messaging::Envelope env, messaging::AckFn ack) override;
+  void call(const EntityRef& to, uint64_t payload_type, std::string payload, const std::string& client_id,
+            const std::string& idem, std::function<void(ClientReply)> done);
+
+  NodeStats stats() const;
+  bool quiescent() const;
+  partition::Store& store() { return *store_; }
+  const partition::Placement& placement() const { return placement_; }
+  Result<std::vector<ParkedMessage>> parked();
+  Status redrive(const std::string& id);
+
+ private:
+  friend class Transition;
+
+  struct Work {
+    messaging::Envelope env;
+    messaging::AckFn ack;   // delivered by a transport: acknowledge after the commit
+    std::string row_key;    // a local outbox row this transition consumes (deleted in its txn)
+    std::string timer_key;  // the durable timer row this transition fires
+    bool inline_msg = false;  // produced in the open group; has no row yet
+  };
+  struct TimerEntry {
+    int64_t due_ms;
+    std::string key;
+    bool operator>(const TimerEntry& o) const { return due_ms > o.due_ms; }
+  };
+  struct Actions {  // run once the group that holds them is durable
+    std::vector<messaging::AckFn> acks;
+    std::vector<std::pair<std::string, messaging::Envelope>> relay_rows;
+    std::vector<std::pair<std::string, ClientReply>> client_replies;
+    std::vector<TimerEntry> timers;
+    std::vector<Work> retries;  // failed transitions to run again after a backoff
+    size_t transitions = 0;
+  };
+
+  void schedule_step();
+  void step();
+  void process(Work& w);
+  void fail(Work& w, const std::string& reason, bool retryable);
+  void park(Work& w, const std::string& reason);
+  void seal_and_commit();
+  void on_committed(uint64_t group, int64_t started_us);
+  void fire_due_timers();
+  void arm_timer_wakeup();
+  void on_relay_acked(const std::string& row_key);
+  Status recover();
+  std::string work_id(const messaging::Envelope& env) const;
+  static std::string call_key(const std::string& client_id, const std::string& idem);
+  void complete_call(const std::string& key, ClientReply reply);
+
+  Env& env_;
+  const Registry& registry_;
+  NodeOptions opts_;
+  partition::Durability durability_ = partition::Durability::kStrict;
+  partition::Placement placement_;
+  std::unique_ptr<partition::Store> store_;
+  std::unique_ptr<partition::View> view_;
+  std::unique_ptr<Executor> exec_;
+  std::unique_ptr<Executor> commit_exec_;
+  std::unique_ptr<Executor> fault_exec_;
+  std::unique_ptr<messaging::LocalTransport> local_transport_;
+  std::unique_ptr<messaging::FaultyTransport> faulty_transport_;
+  messaging::Transport* transport_ = nullptr;
+  std::unique_ptr<messaging::Relay> relay_;
+  std::unique_ptr<Random> random_;
+
+  std::mutex inbox_mu_;
+  std::vector<Work> inbox_;
+  bool inbox_wake_ = false;
+
+  // Executor thread only.
+  std::deque<Work> ready_;
+  std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<>> timers_;
+  int64_t timer_wakeup_at_ = 0;
+  Actions open_;
+  std::unordered_map<uint64_t, Actions> committing_;
+  int inflight_commits_ = 0;
+  bool step_scheduled_ = false;
+  bool stopped_ = false;
+  std::unordered_map<std::string, int> attempts_;
+  uint64_t timer_ids_ = 0;
+
+  mutable std::mutex calls_mu_;
+  std::unordered_map<std::string, std::function<void(ClientReply)>> calls_;
+
+  struct Counters {
+    std::atomic<uint64_t> applied{0}, duplicates{0}, parked{0}, failures{0}, commits{0}, commit_us{0},
+        max_per_commit{0}, outbox_depth{0}, relay_retries{0}, ready{0}, timers{0};
+    std::atomic<int> inflight{0};
+  };
+  mutable Counters c_;
+};
+
+}  // namespace tandem::entity

@@ -1,0 +1,108 @@
+// Node: hosts the registered entity types on one process with one store. It runs each
+// message of an entity in one local transaction, packs many transitions into one group commit,
+// delivers messages at least once and applies each exactly once. Also the in-process client
+// gateway and the admin surface (stats, inspect, parked messages).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <tandem/core/env.h>
+#include <tandem/core/ids.h>
+#include <tandem/core/status.h>
+#include <tandem/entity/entity.h>
+
+namespace tandem::entity {
+
+class Engine;
+
+struct NodeOptions {
+  std::string data_dir;
+  std::string durability = "strict";  // "strict" (fsync per group commit) or "relaxed"
+  size_t cache_entries = 200'000;     // bounded cache of hot state and activity rows
+  size_t max_batch = 2048;            // most transitions packed into one group commit
+  // Run a message for an entity on this node inside the sender's group commit when it fits,
+  // so it needs no outbox row. Off: every message goes through outbox, relay and transport.
+  bool inline_local = true;
+  int max_attempts = 5;                        // a message whose handler failed this often is parked
+  int64_t op_grace_ms = 30'000;                // provider expiry = requester deadline + grace
+  int64_t reply_retention_ms = 24 * 3600'000;  // client replies kept for retries this long
+  int64_t relay_ack_timeout_ms = 2'000;
+  int64_t relay_backoff_min_ms = 5;
+  int64_t relay_backoff_max_ms = 2'000;
+  // Fault injection on the delivery path (tests): every outbox delivery may be duplicated,
+  // dropped, delayed (and so reordered).
+  struct Faults {
+    double duplicate = 0, drop = 0, delay = 0;
+    int max_copies = 3;
+    int64_t max_delay_us = 0;
+    uint64_t seed = 1;
+  } faults;
+};
+
+struct ClientReply {
+  Status status;  // not ok: the request was refused (bad input, parked, ...)
+  uint64_t payload_type = 0;
+  std::string payload;
+};
+
+struct NodeStats {
+  uint64_t applied = 0;        // transitions committed (messages, timers, operations)
+  uint64_t duplicates = 0;     // deliveries recognised as already applied
+  uint64_t parked = 0;         // messages parked since start
+  uint64_t failures = 0;       // handler failures (each retried or parked)
+  uint64_t commits = 0;        // group commits
+  uint64_t outbox_depth = 0;   // outbox rows not yet acknowledged
+  uint64_t relay_retries = 0;
+  uint64_t ready = 0;          // messages queued for processing
+  uint64_t timers = 0;         // durable timers pending
+  uint64_t inflight_calls = 0; // client calls waiting for a reply
+  double commit_ms_avg = 0;
+  uint64_t transitions_per_commit_max = 0;
+};
+
+struct ParkedMessage {
+  std::string id;  // pass to redrive()
+  EntityRef to, from;
+  std::string kind;
+  std::string reason;
+};
+
+class Node {
+ public:
+  // `env` and `registry` are borrowed and must outlive the Node.
+  Node(Env& env, const Registry& registry, NodeOptions opts);
+  ~Node();
+  // Opens the store, recovers outbox rows and timers, starts processing.
+  // kInvalidArgument for bad options; kInternal when the store cannot be opened.
+  Status start();
+  // Finishes in-flight commits and stops. Idempotent.
+  void stop();
+
+  // Sends a client request. `done` runs once, on a runtime thread, with the reply (possibly
+  // a stored reply when `idempotency_key` was used before with the same payload).
+  void call(const EntityRef& to, uint64_t payload_type, std::string payload, const std::string& client_id,
+            const std::string& idempotency_key, std::function<void(ClientReply)> done);
+  template <class M, class F>
+  void call(const EntityRef& to, const std::string& client_id, const std::string& idempotency_key, F&& fill,
+            std::function<void(ClientReply)> done) {
+    call(to, capnp::typeId<M>(), build<M>(std::forward<F>(fill)), client_id, idempotency_key, std::move(done));
+  }
+
+  // Admin surface. Reads committed data; thread-safe.
+  NodeStats stats() const;
+  Status for_each_state(const std::string& type, const std::function<void(const std::string& key, Payload&)>& fn);
+  Result<std::vector<ActivityInfo>> activities(const EntityRef& ref);
+  Result<std::vector<ParkedMessage>> parked();
+  Status redrive(const std::string& parked_id);
+  // True when nothing is queued, committing or waiting for an ack.
+  bool quiescent() const;
+
+ private:
+  std::unique_ptr<Engine> engine_;
+};
+
+}  // namespace tandem::entity

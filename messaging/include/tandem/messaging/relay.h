@@ -1,0 +1,66 @@
+// The relay: delivers committed outbox rows through a Transport until each is acknowledged,
+// retrying with exponential backoff and jitter, then reports the ack so the row can be deleted.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include <tandem/core/env.h>
+#include <tandem/messaging/envelope.h>
+#include <tandem/messaging/transport.h>
+
+namespace tandem::messaging {
+
+struct RelayOptions {
+  int64_t ack_timeout_us = 2'000'000;  // resend when no ack arrived in this time
+  int64_t backoff_min_us = 5'000;
+  int64_t backoff_max_us = 2'000'000;
+};
+
+// Single-threaded: every method runs on `exec`, which must outlive the Relay's callbacks
+// (stop() closes the gate that late acks check). `transport`, `clock` borrowed.
+class Relay {
+ public:
+  using AckedFn = std::function<void(const std::string& row_key)>;
+  Relay(Executor& exec, Transport& transport, const Clock& clock, uint64_t seed, RelayOptions opts,
+        AckedFn on_acked);
+  ~Relay();
+  // Starts delivering a committed outbox row. A row already pending is left as it is.
+  void add(const std::string& row_key, Envelope env);
+  // Forgets a row without delivering it (its partition moved away).
+  void forget(const std::string& row_key) { pending_.erase(row_key); }
+  size_t depth() const { return pending_.size(); }
+  uint64_t retries() const { return retries_; }
+  // Oldest pending row's age in ms (0 when empty).
+  int64_t oldest_age_ms(int64_t now_ms) const;
+  void stop();
+
+ private:
+  struct Pending {
+    Envelope env;
+    uint32_t attempts = 0;
+    uint64_t generation = 0;
+    int64_t added_ms = 0;
+  };
+  struct Gate;
+  void send(const std::string& key);
+  void on_ack(const std::string& key, uint64_t generation, Status s);
+  void retry_later(const std::string& key, uint64_t generation);
+  int64_t backoff_us(uint32_t attempts);
+
+  Executor& exec_;
+  Transport& transport_;
+  const Clock& clock_;
+  Random random_;
+  RelayOptions opts_;
+  AckedFn on_acked_;
+  std::map<std::string, Pending> pending_;
+  std::shared_ptr<Gate> gate_;
+  uint64_t next_generation_ = 1;
+  uint64_t retries_ = 0;
+};
+
+}  // namespace tandem::messaging

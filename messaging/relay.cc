@@ -1,0 +1,101 @@
+#include <tandem/messaging/relay.h>
+
+#include <algorithm>
+#include <mutex>
+
+namespace tandem::messaging {
+
+// Late callbacks (acks from other threads, timers) check the gate before touching the Relay.
+struct Relay::Gate {
+  std::mutex mu;
+  bool open = true;
+  Executor* exec;
+};
+
+Relay::Relay(Executor& exec, Transport& transport, const Clock& clock, uint64_t seed, RelayOptions opts,
+             AckedFn on_acked)
+    : exec_(exec), transport_(transport), clock_(clock), random_(seed), opts_(opts),
+      on_acked_(std::move(on_acked)), gate_(std::make_shared<Gate>()) {
+  gate_->exec = &exec_;
+}
+
+Relay::~Relay() { stop(); }
+
+void Relay::stop() {
+  std::lock_guard lock(gate_->mu);
+  gate_->open = false;
+}
+
+void Relay::add(const std::string& row_key, Envelope env) {
+  auto [it, inserted] = pending_.try_emplace(row_key);
+  if (!inserted) return;
+  it->second.env = std::move(env);
+  it->second.added_ms = clock_.wall_ms();
+  send(row_key);
+}
+
+int64_t Relay::oldest_age_ms(int64_t now_ms) const {
+  int64_t oldest = now_ms;
+  for (auto& [k, p] : pending_) oldest = std::min(oldest, p.added_ms);
+  return now_ms - oldest;
+}
+
+int64_t Relay::backoff_us(uint32_t attempts) {
+  int64_t b = opts_.backoff_min_us << std::min<uint32_t>(attempts, 20);
+  b = std::min(b, opts_.backoff_max_us);
+  // Full jitter over the upper half: spreads retries of many rows that failed together.
+  return b / 2 + static_cast<int64_t>(random_.uniform(static_cast<uint64_t>(b / 2 + 1)));
+}
+
+void Relay::send(const std::string& key) {
+  auto it = pending_.find(key);
+  if (it == pending_.end()) return;
+  auto& p = it->second;
+  uint64_t gen = p.generation = next_generation_++;
+  ++p.attempts;
+  auto gate = gate_;
+  transport_.send(p.env, [gate, key, gen, this](Status s) {
+    std::lock_guard lock(gate->mu);
+    if (!gate->open) return;
+    gate->exec->post([gate, key, gen, s = std::move(s), this]() mutable {
+      if (!gate->open) return;
+      on_ack(key, gen, std::move(s));
+    });
+  });
+  // No answer at all (lost delivery or lost ack): resend after the ack timeout.
+  exec_.post_after(std::chrono::microseconds(opts_.ack_timeout_us), [gate, key, gen, this] {
+    if (!gate->open) return;
+    auto it = pending_.find(key);
+    if (it == pending_.end() || it->second.generation != gen) return;
+    ++retries_;
+    send(key);
+  });
+}
+
+void Relay::on_ack(const std::string& key, uint64_t generation, Status s) {
+  auto it = pending_.find(key);
+  if (it == pending_.end()) return;  // a duplicate ack
+  if (s.is_ok()) {
+    pending_.erase(it);
+    on_acked_(key);
+    return;
+  }
+  if (it->second.generation != generation) return;  // an old attempt's failure
+  retry_later(key, generation);
+}
+
+void Relay::retry_later(const std::string& key, uint64_t generation) {
+  auto it = pending_.find(key);
+  it->second.generation = next_generation_++;  // the pending timeout no longer applies
+  uint64_t gen = it->second.generation;
+  ++retries_;
+  auto gate = gate_;
+  exec_.post_after(std::chrono::microseconds(backoff_us(it->second.attempts)), [gate, key, gen, this] {
+    if (!gate->open) return;
+    auto it = pending_.find(key);
+    if (it == pending_.end() || it->second.generation != gen) return;
+    send(key);
+  });
+}
+
+}  // namespace tandem::messaging

@@ -1,0 +1,143 @@
+// The partition store: one RocksDB per node with the column families state, activity,
+// outbox, timer and meta; batches of staged writes; and View, the read-your-writes cache
+// that lets the next batch run while the previous one commits. Knows nothing of messages.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <tandem/core/status.h>
+
+namespace tandem::partition {
+
+enum class Cf : uint8_t { kState = 0, kActivity = 1, kOutbox = 2, kTimer = 3, kMeta = 4 };
+inline constexpr int kNumCfs = 5;
+std::string_view cf_name(Cf cf);
+
+enum class Durability : uint8_t {
+  kStrict,   // every commit is fsynced: survives power loss
+  kRelaxed,  // WAL written, not fsynced: survives a process crash, not a power loss
+};
+std::string_view durability_name(Durability d);
+Result<Durability> parse_durability(std::string_view s);
+
+struct StoreOptions {
+  std::string path;
+  Durability durability = Durability::kStrict;
+};
+
+// A set of writes applied atomically by Store::write. Not thread-safe.
+class WriteBatch {
+ public:
+  WriteBatch();
+  ~WriteBatch();
+  WriteBatch(WriteBatch&&) noexcept;
+  WriteBatch& operator=(WriteBatch&&) noexcept;
+  void put(Cf cf, std::string_view key, std::string_view value);
+  void del(Cf cf, std::string_view key);
+  size_t count() const;
+  size_t bytes() const;
+  void clear();
+
+ private:
+  friend class RocksStore;
+  struct Rep;
+  std::unique_ptr<Rep> rep_;
+};
+
+using ScanFn = std::function<bool(std::string_view key, std::string_view value)>;
+
+// Thread-safe.
+class Store {
+ public:
+  virtual ~Store() = default;
+  // Opens (creating if missing) the database at opts.path.
+  // kInternal with RocksDB's message when the directory cannot be opened or is locked.
+  static Result<std::unique_ptr<Store>> open(const StoreOptions& opts);
+
+  virtual Durability durability() const = 0;
+  // Reads committed data. nullopt when absent.
+  virtual Result<std::optional<std::string>> get(Cf cf, std::string_view key) = 0;
+  // Calls fn for each key in [begin, end) in order ("" end = unbounded) until it returns false.
+  virtual Status scan(Cf cf, std::string_view begin, std::string_view end, const ScanFn& fn) = 0;
+  // Writes `batch` atomically; fsynced before returning in strict durability.
+  virtual Status write(WriteBatch& batch) = 0;
+  // Writes `batch` with an explicit sync choice (benchmarks and tools).
+  virtual Status write(WriteBatch& batch, bool sync) = 0;
+  // RocksDB's estimate of live data bytes, for metrics.
+  virtual uint64_t approximate_bytes() = 0;
+};
+
+// A single-threaded read-your-writes view over a Store. Writes are staged in transactions,
+// applied to the open group, sealed into a WriteBatch and committed elsewhere; until the group
+// commits its writes stay pinned in the view, afterwards they are clean cache entries evicted
+// in LRU order beyond `cache_entries`.
+class View;
+
+class Txn {
+ public:
+  explicit Txn(View& view) : view_(&view) {}
+  Result<std::optional<std::string>> get(Cf cf, std::string_view key);
+  void put(Cf cf, std::string_view key, std::string value);
+  void del(Cf cf, std::string_view key);
+  bool empty() const { return writes_.empty(); }
+  size_t size() const { return writes_.size(); }
+
+ private:
+  friend class View;
+  struct Write {
+    std::string ckey;  // cf byte + key
+    std::optional<std::string> value;
+  };
+  std::vector<Write> writes_;
+  View* view_;
+};
+
+class View {
+ public:
+  View(Store& store, size_t cache_entries) : store_(store), capacity_(cache_entries) {}
+  Result<std::optional<std::string>> get(Cf cf, std::string_view key);
+  // Moves the transaction's writes into the open group.
+  void apply(Txn&& txn);
+  // Number of writes in the open group.
+  size_t open_writes() const { return open_.count(); }
+  struct Sealed {
+    uint64_t group = 0;
+    WriteBatch batch;
+  };
+  // Closes the open group; its writes remain visible until committed(group).
+  Sealed seal();
+  // The sealed group is durable: its entries become evictable.
+  void committed(uint64_t group);
+  Store& store() { return store_; }
+  size_t cached_entries() const { return map_.size(); }
+
+ private:
+  friend class Txn;
+  struct Entry {
+    std::optional<std::string> value;
+    uint64_t pinned_group = 0;  // 0: clean (in lru_); else the last group that wrote it
+    std::list<std::string>::iterator lru_pos;
+  };
+  static std::string ckey(Cf cf, std::string_view key);
+  void touch_clean(std::unordered_map<std::string, Entry>::iterator it);
+  void evict();
+
+  Store& store_;
+  size_t capacity_;
+  std::unordered_map<std::string, Entry> map_;
+  std::list<std::string> lru_;  // clean entries, most recent at front
+  WriteBatch open_;
+  std::vector<std::string> open_keys_;
+  uint64_t next_group_ = 1;
+  std::unordered_map<uint64_t, std::vector<std::string>> sealed_keys_;
+};
+
+}  // namespace tandem::partition

@@ -1,0 +1,244 @@
+#include <tandem/partition/store.h>
+
+#include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/options.h>
+#include <rocksdb/table.h>
+#include <rocksdb/write_batch.h>
+
+#include <tandem/core/log.h>
+
+namespace tandem::partition {
+
+std::string_view cf_name(Cf cf) {
+  switch (cf) {
+    case Cf::kState: return "state";
+    case Cf::kActivity: return "activity";
+    case Cf::kOutbox: return "outbox";
+    case Cf::kTimer: return "timer";
+    case Cf::kMeta: return "meta";
+  }
+  return "?";
+}
+
+std::string_view durability_name(Durability d) { return d == Durability::kStrict ? "strict" : "relaxed"; }
+
+Result<Durability> parse_durability(std::string_view s) {
+  if (s == "strict") return Durability::kStrict;
+  if (s == "relaxed") return Durability::kRelaxed;
+  return Status::invalid_argument("unknown durability '" + std::string(s) + "' (expected strict or relaxed)");
+}
+
+struct WriteBatch::Rep {
+  rocksdb::WriteBatch wb;
+  rocksdb::ColumnFamilyHandle* cfs[kNumCfs] = {};  // filled in by RocksStore::write
+  struct Op {
+    Cf cf;
+    bool del;
+    std::string key, value;
+  };
+  // Writes are recorded as ops and resolved to column-family handles at write time, so a
+  // batch can be built without a Store at hand.
+  std::vector<Op> ops;
+  size_t bytes = 0;
+};
+
+WriteBatch::WriteBatch() : rep_(std::make_unique<Rep>()) {}
+WriteBatch::~WriteBatch() = default;
+WriteBatch::WriteBatch(WriteBatch&&) noexcept = default;
+WriteBatch& WriteBatch::operator=(WriteBatch&&) noexcept = default;
+void WriteBatch::put(Cf cf, std::string_view key, std::string_view value) {
+  rep_->bytes += key.size() + value.size();
+  rep_->ops.push_back({cf, false, std::string(key), std::string(value)});
+}
+void WriteBatch::del(Cf cf, std::string_view key) {
+  rep_->bytes += key.size();
+  rep_->ops.push_back({cf, true, std::string(key), {}});
+}
+size_t WriteBatch::count() const { return rep_->ops.size(); }
+size_t WriteBatch::bytes() const { return rep_->bytes; }
+void WriteBatch::clear() {
+  rep_->ops.clear();
+  rep_->bytes = 0;
+}
+
+class RocksStore final : public Store {
+ public:
+  RocksStore(rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles, Durability d)
+      : db_(db), handles_(std::move(handles)), durability_(d) {}
+  ~RocksStore() override {
+    for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
+    delete db_;
+  }
+
+  Durability durability() const override { return durability_; }
+
+  Result<std::optional<std::string>> get(Cf cf, std::string_view key) override {
+    std::string v;
+    auto s = db_->Get(rocksdb::ReadOptions(), h(cf), rocksdb::Slice(key.data(), key.size()), &v);
+    if (s.IsNotFound()) return std::optional<std::string>();
+    if (!s.ok()) return Status::internal("rocksdb get: " + s.ToString());
+    return std::optional<std::string>(std::move(v));
+  }
+
+  Status scan(Cf cf, std::string_view begin, std::string_view end, const ScanFn& fn) override {
+    rocksdb::ReadOptions ro;
+    rocksdb::Slice upper(end.data(), end.size());
+    if (!end.empty()) ro.iterate_upper_bound = &upper;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, h(cf)));
+    for (it->Seek(rocksdb::Slice(begin.data(), begin.size())); it->Valid(); it->Next()) {
+      auto k = it->key();
+      auto v = it->value();
+      if (!fn(std::string_view(k.data(), k.size()), std::string_view(v.data(), v.size()))) break;
+    }
+    if (!it->status().ok()) return Status::internal("rocksdb scan: " + it->status().ToString());
+    return Status::ok();
+  }
+
+  Status write(WriteBatch& batch) override { return write(batch, durability_ == Durability::kStrict); }
+
+  Status write(WriteBatch& batch, bool sync) override {
+    auto& rep = *batch.rep_;
+    rep.wb.Clear();
+    for (auto& op : rep.ops) {
+      rocksdb::Status s = op.del ? rep.wb.Delete(h(op.cf), op.key) : rep.wb.Put(h(op.cf), op.key, op.value);
+      if (!s.ok()) return Status::internal("rocksdb batch: " + s.ToString());
+    }
+    rocksdb::WriteOptions wo;
+    wo.sync = sync;
+    auto s = db_->Write(wo, &rep.wb);
+    if (!s.ok()) return Status::internal("rocksdb write: " + s.ToString());
+    return Status::ok();
+  }
+
+  uint64_t approximate_bytes() override {
+    uint64_t total = 0, v = 0;
+    for (auto* hd : handles_)
+      if (db_->GetIntProperty(hd, "rocksdb.estimate-live-data-size", &v)) total += v;
+    return total;
+  }
+
+ private:
+  rocksdb::ColumnFamilyHandle* h(Cf cf) { return handles_[static_cast<size_t>(cf) + 1]; }
+  rocksdb::DB* db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // [default, state, activity, outbox, timer, meta]
+  Durability durability_;
+};
+
+Result<std::unique_ptr<Store>> Store::open(const StoreOptions& opts) {
+  rocksdb::Options o;
+  o.create_if_missing = true;
+  o.create_missing_column_families = true;
+  o.max_background_jobs = 2;
+  o.bytes_per_sync = 1 << 20;
+  rocksdb::ColumnFamilyOptions cfo;
+  cfo.write_buffer_size = 32 << 20;
+  rocksdb::BlockBasedTableOptions t;
+  t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+  cfs.emplace_back(rocksdb::kDefaultColumnFamilyName, cfo);
+  for (int i = 0; i < kNumCfs; ++i) cfs.emplace_back(std::string(cf_name(static_cast<Cf>(i))), cfo);
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  auto s = rocksdb::DB::Open(rocksdb::DBOptions(o), opts.path, cfs, &handles, &db);
+  if (!s.ok()) return Status::internal("cannot open store at " + opts.path + ": " + s.ToString());
+  std::unique_ptr<Store> store = std::make_unique<RocksStore>(db, std::move(handles), opts.durability);
+  return store;
+}
+
+// ---- Txn and View ----
+
+std::string View::ckey(Cf cf, std::string_view key) {
+  std::string k;
+  k.reserve(key.size() + 1);
+  k.push_back(static_cast<char>(cf));
+  k.append(key);
+  return k;
+}
+
+Result<std::optional<std::string>> Txn::get(Cf cf, std::string_view key) {
+  for (auto it = writes_.rbegin(); it != writes_.rend(); ++it)
+    if (it->ckey[0] == static_cast<char>(cf) && std::string_view(it->ckey).substr(1) == key) return it->value;
+  return view_->get(cf, key);
+}
+
+void Txn::put(Cf cf, std::string_view key, std::string value) {
+  writes_.push_back({View::ckey(cf, key), std::move(value)});
+}
+
+void Txn::del(Cf cf, std::string_view key) { writes_.push_back({View::ckey(cf, key), std::nullopt}); }
+
+void View::touch_clean(std::unordered_map<std::string, Entry>::iterator it) {
+  lru_.splice(lru_.begin(), lru_, it->second.lru_pos);
+}
+
+Result<std::optional<std::string>> View::get(Cf cf, std::string_view key) {
+  std::string k = ckey(cf, key);
+  auto it = map_.find(k);
+  if (it != map_.end()) {
+    if (it->second.pinned_group == 0) touch_clean(it);
+    return it->second.value;
+  }
+  auto r = store_.get(cf, key);
+  if (!r) return r;
+  lru_.push_front(k);
+  Entry e{*r, 0, lru_.begin()};
+  map_.emplace(std::move(k), std::move(e));
+  evict();
+  return r;
+}
+
+void View::apply(Txn&& txn) {
+  uint64_t g = next_group_;
+  for (auto& w : txn.writes_) {
+    auto cf = static_cast<Cf>(w.ckey[0]);
+    std::string_view key = std::string_view(w.ckey).substr(1);
+    if (w.value)
+      open_.put(cf, key, *w.value);
+    else
+      open_.del(cf, key);
+    auto it = map_.find(w.ckey);
+    if (it == map_.end()) {
+      it = map_.emplace(w.ckey, Entry{std::move(w.value), g, {}}).first;
+    } else {
+      if (it->second.pinned_group == 0) lru_.erase(it->second.lru_pos);
+      it->second.value = std::move(w.value);
+      it->second.pinned_group = g;
+    }
+    open_keys_.push_back(std::move(w.ckey));
+  }
+  txn.writes_.clear();
+}
+
+View::Sealed View::seal() {
+  Sealed s;
+  s.group = next_group_++;
+  s.batch = std::move(open_);
+  open_ = WriteBatch();
+  sealed_keys_[s.group] = std::move(open_keys_);
+  open_keys_.clear();
+  return s;
+}
+
+void View::committed(uint64_t group) {
+  auto node = sealed_keys_.extract(group);
+  if (node.empty()) return;
+  for (auto& k : node.mapped()) {
+    auto it = map_.find(k);
+    if (it == map_.end() || it->second.pinned_group != group) continue;  // rewritten by a later group
+    it->second.pinned_group = 0;
+    lru_.push_front(k);
+    it->second.lru_pos = lru_.begin();
+  }
+  evict();
+}
+
+void View::evict() {
+  while (lru_.size() > capacity_) {
+    map_.erase(lru_.back());
+    lru_.pop_back();
+  }
+}
+
+}  // namespace tandem::partition
