@@ -21,7 +21,7 @@ void FaultyTransport::send(const Envelope& env, AckFn ack) {
     ++counters_.sent;
     int copies = 1;
     if (random_.chance(opts_.duplicate)) {
-      copies = 2 + static_cast<int>(random_.uniform(std::max(1, opts_.max_copies - 1)));
+      copies = std::max(2, opts_.max_copies);
       ++counters_.duplicated;
     }
     for (int i = 0; i < copies; ++i) {

@@ -43,7 +43,7 @@ class LocalTransport final : public Transport {
 
 struct FaultOptions {
   double duplicate = 0;       // probability that an envelope is delivered more than once
-  int max_copies = 3;         // copies delivered when duplicated
+  int max_copies = 3;         // copies delivered when an envelope is duplicated
   double drop = 0;            // probability that one delivery is lost (its ack never comes)
   double delay = 0;           // probability that one delivery is delayed
   int64_t max_delay_us = 0;   // delays are uniform in [0, max_delay_us]: this also reorders

@@ -1,0 +1,77 @@
+#include <tandem/core/flags.h>
+
+#include <charconv>
+#include <cstdlib>
+
+namespace tandem {
+
+Result<Flags> Flags::parse(int argc, char** argv, int first, const std::set<std::string>& known,
+                           const std::set<std::string>& switches) {
+  Flags f;
+  for (int i = first; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) {
+      f.positional_.push_back(a);
+      continue;
+    }
+    std::string name = a.substr(2), value;
+    bool inline_value = false;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      inline_value = true;
+    }
+    if (switches.count(name)) {
+      if (inline_value) return Status::invalid_argument("flag --" + name + " takes no value");
+      f.values_[name] = "1";
+    } else if (known.count(name)) {
+      if (!inline_value) {
+        if (i + 1 >= argc) return Status::invalid_argument("flag --" + name + " needs a value");
+        value = argv[++i];
+      }
+      f.values_[name] = value;
+    } else {
+      return Status::invalid_argument("unknown flag --" + name);
+    }
+  }
+  return f;
+}
+
+std::string Flags::str(const std::string& name, const std::string& def) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? def : it->second;
+}
+
+Result<uint64_t> Flags::u64(const std::string& name, uint64_t def) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return def;
+  uint64_t v = 0;
+  auto& s = it->second;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size())
+    return Status::invalid_argument("--" + name + " expects a non-negative integer, got '" + s + "'");
+  return v;
+}
+
+Result<int64_t> Flags::i64(const std::string& name, int64_t def) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return def;
+  int64_t v = 0;
+  auto& s = it->second;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size())
+    return Status::invalid_argument("--" + name + " expects an integer, got '" + s + "'");
+  return v;
+}
+
+Result<double> Flags::f64(const std::string& name, double def) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return def;
+  char* end = nullptr;
+  double v = std::strtod(it->second.c_str(), &end);
+  if (it->second.empty() || *end != '\0')
+    return Status::invalid_argument("--" + name + " expects a number, got '" + it->second + "'");
+  return v;
+}
+
+}  // namespace tandem
