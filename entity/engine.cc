@@ -49,6 +49,25 @@ std::optional<std::string> unhex(std::string_view h) {
 
 }  // namespace
 
+// Sends to this node's own Inbound when it hosts the receiver's type, else to the remote
+// transport.
+class Engine::RoutingTransport final : public messaging::Transport {
+ public:
+  RoutingTransport(const Registry& r, messaging::Transport& local, messaging::Transport* remote)
+      : registry_(r), local_(local), remote_(remote) {}
+  void send(const Envelope& env, messaging::AckFn ack) override {
+    if (remote_ && !registry_.find(env.to.type))
+      remote_->send(env, std::move(ack));
+    else
+      local_.send(env, std::move(ack));
+  }
+
+ private:
+  const Registry& registry_;
+  messaging::Transport& local_;
+  messaging::Transport* remote_;
+};
+
 Engine::Engine(Env& env, const Registry& registry, NodeOptions opts)
     : env_(env), registry_(registry), opts_(std::move(opts)) {
   for (auto& [name, t] : registry_.types()) {
@@ -89,11 +108,12 @@ Status Engine::start() {
     faulty_transport_ = std::make_unique<messaging::FaultyTransport>(*local_transport_, *fault_exec_, fo);
     transport_ = faulty_transport_.get();
   }
+  routing_ = std::make_unique<RoutingTransport>(registry_, *transport_, remote_transport_);
   messaging::RelayOptions ro;
   ro.ack_timeout_us = opts_.relay_ack_timeout_ms * 1000;
   ro.backoff_min_us = opts_.relay_backoff_min_ms * 1000;
   ro.backoff_max_us = opts_.relay_backoff_max_ms * 1000;
-  relay_ = std::make_unique<messaging::Relay>(*exec_, *transport_, env_.clock(), env_.seed(), ro,
+  relay_ = std::make_unique<messaging::Relay>(*exec_, *routing_, env_.clock(), env_.seed(), ro,
                                                [this](const std::string& k) { on_relay_acked(k); });
   timer_ids_ = static_cast<uint64_t>(env_.clock().wall_ms()) * 1000;
   Status st;
@@ -173,6 +193,7 @@ void Engine::stop() {
   commit_exec_.reset();
   relay_.reset();
   faulty_transport_.reset();
+  routing_.reset();
   view_.reset();
   store_.reset();
   std::lock_guard lock(calls_mu_);
@@ -276,7 +297,7 @@ void Engine::step() {
     process(w);
   }
   c_.ready = ready_.size();
-  if (inflight_commits_ == 0 && (view_->open_writes() > 0 || open_.transitions > 0)) seal_and_commit();
+  if (inflight_commits_ == 0 && (view_->open_writes() > 0 || !open_.empty())) seal_and_commit();
   if (!ready_.empty() && open_.transitions < opts_.max_batch) schedule_step();
 }
 
@@ -520,7 +541,7 @@ bool Engine::quiescent() const {
       std::lock_guard lock(const_cast<std::mutex&>(inbox_mu_));
       inbox_empty = inbox_.empty();
     }
-    bool r = inbox_empty && ready_.empty() && inflight_commits_ == 0 && open_.transitions == 0 &&
+    bool r = inbox_empty && ready_.empty() && inflight_commits_ == 0 && open_.empty() &&
              view_->open_writes() == 0 && relay_->depth() == 0 && attempts_.empty();
     std::lock_guard lock(mu);
     q = r;

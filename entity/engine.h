@@ -48,6 +48,11 @@ class Engine final : public messaging::Inbound {
   void call(const EntityRef& to, uint64_t payload_type, std::string payload, const std::string& client_id,
             const std::string& idem, std::function<void(ClientReply)> done);
 
+  // Where envelopes for entity types this node does not host go (the cluster transport; a
+  // capturing transport in tests). Unset: they are delivered locally and parked as unknown.
+  // Call before start(); `t` must outlive the Engine.
+  void set_remote_transport(messaging::Transport* t) { remote_transport_ = t; }
+
   NodeStats stats() const;
   bool quiescent() const;
   partition::Store& store() { return *store_; }
@@ -77,6 +82,9 @@ class Engine final : public messaging::Inbound {
     std::vector<TimerEntry> timers;
     std::vector<Work> retries;  // failed transitions to run again after a backoff
     size_t transitions = 0;
+    bool empty() const {
+      return transitions == 0 && acks.empty() && relay_rows.empty() && client_replies.empty() && retries.empty();
+    }
   };
 
   void schedule_step();
@@ -106,7 +114,10 @@ class Engine final : public messaging::Inbound {
   std::unique_ptr<Executor> fault_exec_;
   std::unique_ptr<messaging::LocalTransport> local_transport_;
   std::unique_ptr<messaging::FaultyTransport> faulty_transport_;
-  messaging::Transport* transport_ = nullptr;
+  messaging::Transport* transport_ = nullptr;  // local delivery, possibly through faults
+  messaging::Transport* remote_transport_ = nullptr;
+  class RoutingTransport;
+  std::unique_ptr<RoutingTransport> routing_;
   std::unique_ptr<messaging::Relay> relay_;
   std::unique_ptr<Random> random_;
 

@@ -385,13 +385,15 @@ ActivityInfo Transition::activity(const EntityRef& partner) {
 }
 
 capnp::MessageReader& Transition::reader_for(std::optional<std::string_view> bytes) {
-  static const capnp::word kEmpty[2] = {};  // a one-segment message with a null root: all defaults
   kj::Array<capnp::word> words;
   if (bytes && bytes->size() >= sizeof(capnp::word)) {
     words = kj::heapArray<capnp::word>(bytes->size() / sizeof(capnp::word));
     memcpy(words.begin(), bytes->data(), words.size() * sizeof(capnp::word));
   } else {
-    words = kj::heapArray<capnp::word>(kEmpty, 2);
+    // One segment of one word holding a null root pointer: every field reads as its default.
+    static const uint32_t kEmpty[4] = {0, 1, 0, 0};
+    words = kj::heapArray<capnp::word>(2);
+    memcpy(words.begin(), kEmpty, sizeof kEmpty);
   }
   auto reader = std::make_unique<capnp::FlatArrayMessageReader>(words.asPtr());
   auto& ref = *reader;

@@ -1,0 +1,158 @@
+#include <doctest/doctest.h>
+
+#include "node_fixture.h"
+
+using namespace tt;
+using tandem::Code;
+using tandem::entity::Payload;
+
+namespace {
+int64_t total_of(const tandem::entity::ClientReply& r) {
+  REQUIRE_MESSAGE(r.status.is_ok(), r.status.to_string());
+  Payload p(r.payload);
+  return p.get<Total>().getValue();
+}
+}  // namespace
+
+TEST_CASE_FIXTURE(NodeFixture, "a client request is applied and answered, and a chained message reaches its entity") {
+  start();
+  CHECK(total_of(call<Add>({"counter", "a"}, "k1", [](Add::Builder b) {
+          b.setN(5);
+          b.setForwardTo("b");
+        })) == 5);
+  REQUIRE(tandem::testing::wait_until([&] { return node->quiescent(); }));
+  CHECK(counter("a") == 5);
+  CHECK(counter("b") == 5);
+}
+
+TEST_CASE_FIXTURE(NodeFixture, "every delivery duplicated 3 times and reordered: each effect is applied once") {
+  opts.inline_local = false;  // every message through outbox, relay and the faulty transport
+  opts.faults.duplicate = 1.0;
+  opts.faults.max_copies = 3;
+  opts.faults.delay = 0.7;
+  opts.faults.max_delay_us = 5000;
+  start();
+  constexpr int kN = 300;
+  std::atomic<int> answered{0};
+  for (int i = 0; i < kN; ++i) {
+    node->call<Add>({"counter", "a"}, "test-client", "req-" + std::to_string(i),
+                    [](Add::Builder b) {
+                      b.setN(1);
+                      b.setForwardTo("b");
+                    },
+                    [&](tandem::entity::ClientReply r) {
+                      CHECK(r.status.is_ok());
+                      ++answered;
+                    });
+  }
+  REQUIRE(tandem::testing::wait_until([&] { return answered == kN; }, std::chrono::seconds(30)));
+  REQUIRE(tandem::testing::wait_until([&] { return node->quiescent(); }, std::chrono::seconds(30)));
+  CHECK(counter("a") == kN);
+  CHECK(counter("b") == kN);
+  auto st = node->stats();
+  CHECK(st.duplicates >= kN);  // at least one extra copy of each forwarded message was refused
+  CHECK(st.outbox_depth == 0);
+  auto acts = node->activities({"counter", "b"});
+  REQUIRE(acts.is_ok());
+  REQUIRE(acts->size() == 1);
+  CHECK(acts->front().partner == EntityRef{"counter", "a"});
+  CHECK(acts->front().applied_watermark == kN);
+}
+
+TEST_CASE_FIXTURE(NodeFixture, "a client retry with the same idempotency key gets the same reply, applied once") {
+  start();
+  CHECK(total_of(call<Add>({"counter", "c"}, "same", [](Add::Builder b) { b.setN(5); })) == 5);
+  CHECK(total_of(call<Add>({"counter", "c"}, "same", [](Add::Builder b) { b.setN(5); })) == 5);
+  CHECK(total_of(call<Add>({"counter", "c"}, "other", [](Add::Builder b) { b.setN(1); })) == 6);
+  restart();  // the stored reply survives a restart
+  CHECK(total_of(call<Add>({"counter", "c"}, "same", [](Add::Builder b) { b.setN(5); })) == 5);
+  CHECK(counter("c") == 6);
+}
+
+TEST_CASE_FIXTURE(NodeFixture, "a reused idempotency key with a different payload is refused and changes nothing") {
+  start();
+  CHECK(total_of(call<Add>({"counter", "d"}, "k", [](Add::Builder b) { b.setN(5); })) == 5);
+  auto r = call<Add>({"counter", "d"}, "k", [](Add::Builder b) { b.setN(7); });
+  CHECK(r.status.code() == Code::kInvalidArgument);
+  CHECK(r.status.message().find("already used with a different request") != std::string::npos);
+  CHECK(counter("d") == 5);
+}
+
+TEST_CASE_FIXTURE(NodeFixture, "a throwing handler writes nothing, is retried, parked after N attempts, and re-driven") {
+  opts.max_attempts = 3;
+  start();
+  g_boom = 1;
+  auto r = call<Boom>({"counter", "e"}, "boom-1", [](Boom::Builder b) { b.setN(1000); });
+  CHECK_FALSE(r.status.is_ok());
+  CHECK(r.status.message().find("parked") != std::string::npos);
+  CHECK(counter("e") == -1);  // nothing written: the state update happened before the throw
+  CHECK(node->stats().failures == 3);
+  auto parked = node->parked();
+  REQUIRE(parked.is_ok());
+  REQUIRE(parked->size() == 1);
+  CHECK(parked->front().to == EntityRef{"counter", "e"});
+  CHECK(parked->front().reason.find("boom") != std::string::npos);
+  g_boom = 0;
+  REQUIRE(node->redrive(parked->front().id).is_ok());
+  REQUIRE(tandem::testing::wait_until([&] { return counter("e") == 1000; }));
+  CHECK(node->parked()->empty());
+  CHECK(node->redrive(parked->front().id).code() == Code::kNotFound);
+  CHECK(node->redrive("zz-not-an-id").code() == Code::kInvalidArgument);
+}
+
+TEST_CASE_FIXTURE(NodeFixture, "bad input: unknown type, unknown message, long key, malformed payload") {
+  start();
+  auto r1 = call<Add>({"ghost", "x"}, "b1", [](Add::Builder b) { b.setN(1); });
+  CHECK(r1.status.code() == Code::kInvalidArgument);
+  CHECK(r1.status.message() == "unknown entity type 'ghost'");
+
+  auto r2 = call<Unhandled>({"counter", "x"}, "b2", [](Unhandled::Builder b) { b.setX(1); });
+  CHECK(r2.status.code() == Code::kInvalidArgument);
+  CHECK(r2.status.message().find("has no handler for message type") != std::string::npos);
+
+  auto r3 = call<Add>({"counter", std::string(5000, 'k')}, "b3", [](Add::Builder b) { b.setN(1); });
+  CHECK(r3.status.code() == Code::kInvalidArgument);
+  CHECK(r3.status.message().find("key too long") != std::string::npos);
+
+  auto r4 = call_raw({"counter", "x"}, "b4", capnp::typeId<Add>(), "garbage!");
+  CHECK_FALSE(r4.status.is_ok());
+  CHECK(r4.status.message().find("malformed payload") != std::string::npos);
+
+  // An entity that sends to an unknown type: its own effect commits, the message is parked.
+  CHECK(total_of(call<Add>({"counter", "y"}, "b5", [](Add::Builder b) {
+          b.setN(2);
+          b.setForwardTo("z");
+          b.setForwardType("ghost");
+        })) == 2);
+  REQUIRE(tandem::testing::wait_until([&] { return node->parked()->size() == 2; }));
+  bool found = false;
+  auto parked = node->parked();
+  REQUIRE(parked.is_ok());
+  for (auto& p : *parked) found |= p.reason == "unknown entity type 'ghost'";
+  CHECK(found);
+  CHECK(counter("x") == -1);
+  CHECK(counter("y") == 2);
+}
+
+TEST_CASE_FIXTURE(NodeFixture, "a durable timer fires after a restart") {
+  start();
+  CHECK(call<Schedule>({"counter", "t"}, "s1", [](Schedule::Builder b) {
+          b.setDelayMs(300);
+          b.setN(7);
+        }).status.is_ok());
+  restart();
+  CHECK(node->stats().timers == 1);
+  REQUIRE(tandem::testing::wait_until([&] { return counter("t") == 7; }));
+  restart();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(counter("t") == 7);  // fired once, not again after another restart
+  CHECK(node->stats().timers == 0);
+}
+
+TEST_CASE_FIXTURE(NodeFixture, "bad options are refused at start") {
+  opts.durability = "fast";
+  node = std::make_unique<tandem::entity::Node>(*env, registry, opts);
+  auto s = node->start();
+  CHECK(s.code() == Code::kInvalidArgument);
+  CHECK(s.message().find("unknown durability") != std::string::npos);
+}

@@ -1,0 +1,99 @@
+#include <tandem/messaging/relay.h>
+
+#include <atomic>
+#include <doctest/doctest.h>
+#include <mutex>
+#include <vector>
+
+#include "test_util.h"
+
+using namespace tandem;
+using namespace tandem::messaging;
+
+namespace {
+
+// A transport whose behaviour the test scripts: answer, refuse, or stay silent.
+class ScriptedTransport final : public Transport {
+ public:
+  enum class Mode { kAck, kNack, kSilent, kAckTwice };
+  void send(const Envelope& env, AckFn ack) override {
+    std::lock_guard lock(mu);
+    sends.push_back(env.seq);
+    switch (mode) {
+      case Mode::kAck: ack(Status::ok()); break;
+      case Mode::kNack: ack(Status::unavailable("busy")); break;
+      case Mode::kSilent: break;
+      case Mode::kAckTwice:
+        ack(Status::ok());
+        ack(Status::ok());
+        break;
+    }
+  }
+  size_t count() {
+    std::lock_guard lock(mu);
+    return sends.size();
+  }
+  std::mutex mu;
+  std::vector<uint64_t> sends;
+  std::atomic<Mode> mode{Mode::kAck};
+};
+
+struct Fixture {
+  std::unique_ptr<Env> env = make_real_env();
+  std::unique_ptr<Executor> exec = env->make_executor("relay-test");
+  ScriptedTransport transport;
+  std::mutex mu;
+  std::vector<std::string> acked;
+  RelayOptions opts{50'000, 1'000, 20'000};
+  std::unique_ptr<Relay> relay;
+  Fixture() {
+    relay = std::make_unique<Relay>(*exec, transport, env->clock(), 1, opts, [this](const std::string& k) {
+      std::lock_guard lock(mu);
+      acked.push_back(k);
+    });
+  }
+  ~Fixture() {
+    relay->stop();
+    exec.reset();
+  }
+  void add(const std::string& key, uint64_t seq) {
+    Envelope e;
+    e.seq = seq;
+    exec->post([this, key, e] { relay->add(key, e); });
+  }
+  size_t acked_count() {
+    std::lock_guard lock(mu);
+    return acked.size();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("an acknowledged row is reported once, even when the ack comes twice") {
+  Fixture f;
+  f.transport.mode = ScriptedTransport::Mode::kAckTwice;
+  f.add("row-1", 1);
+  REQUIRE(testing::wait_until([&] { return f.acked_count() == 1; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(f.acked_count() == 1);
+  CHECK(f.transport.count() == 1);
+}
+
+TEST_CASE("a refused delivery is retried with backoff until it is acknowledged") {
+  Fixture f;
+  f.transport.mode = ScriptedTransport::Mode::kNack;
+  f.add("row-1", 1);
+  REQUIRE(testing::wait_until([&] { return f.transport.count() >= 3; }));
+  CHECK(f.acked_count() == 0);
+  f.transport.mode = ScriptedTransport::Mode::kAck;
+  REQUIRE(testing::wait_until([&] { return f.acked_count() == 1; }));
+}
+
+TEST_CASE("a delivery that is never answered is sent again after the ack timeout") {
+  Fixture f;
+  f.transport.mode = ScriptedTransport::Mode::kSilent;
+  f.add("row-1", 1);
+  REQUIRE(testing::wait_until([&] { return f.transport.count() >= 2; }, std::chrono::seconds(5)));
+  f.transport.mode = ScriptedTransport::Mode::kAck;
+  REQUIRE(testing::wait_until([&] { return f.acked_count() == 1; }));
+}
