@@ -152,7 +152,7 @@ Status Engine::recover() {
       log::error("timer row {} does not decode; left in place", hex(k));
       return true;
     }
-    timers_.push({t->due_ms, std::string(k)});
+    timers_.insert({t->due_ms, std::string(k)});
     ++timers;
     return true;
   }));
@@ -338,7 +338,15 @@ void Engine::process(Work& w) {
     }
   }
   for (auto& c : t.client_outputs()) open_.client_replies.emplace_back(call_key(c.client_id, c.idem), std::move(c.reply));
-  for (auto& tm : t.timers()) open_.timers.push_back({tm.due_ms, std::move(tm.key)});
+  for (auto& tm : t.timers()) open_.timers.insert({tm.due_ms, std::move(tm.key)});
+  for (auto& tm : t.cancelled_timers()) {
+    TimerEntry e{tm.due_ms, std::move(tm.key)};
+    if (timers_.erase(e) == 0) {
+      // Scheduled in a group that has not committed yet: drop it from that group's list.
+      if (open_.timers.erase(e) == 0)
+        for (auto& [g, a] : committing_) a.timers.erase(e);
+    }
+  }
   if (w.ack) open_.acks.push_back(std::move(w.ack));
   view_->apply(std::move(txn));
   if (result == Transition::Result::kApplied && !attempts_.empty()) attempts_.erase(work_id(env));
@@ -446,7 +454,7 @@ void Engine::on_committed(uint64_t group, int64_t started_us) {
   for (auto& ack : a.acks) ack(Status::ok());
   for (auto& [key, env] : a.relay_rows) relay_->add(key, std::move(env));
   for (auto& [key, reply] : a.client_replies) complete_call(key, std::move(reply));
-  for (auto& t : a.timers) timers_.push(std::move(t));
+  timers_.merge(a.timers);
   for (auto& w : a.retries) {
     int n = attempts_.count(work_id(w.env)) ? attempts_[work_id(w.env)] : 1;
     int64_t backoff_us = std::min<int64_t>(opts_.relay_backoff_min_ms * 1000 << std::min(n, 16),
@@ -475,9 +483,9 @@ void Engine::on_relay_acked(const std::string& row_key) {
 
 void Engine::fire_due_timers() {
   int64_t now = env_.clock().wall_ms();
-  while (!timers_.empty() && timers_.top().due_ms <= now) {
-    auto t = timers_.top();
-    timers_.pop();
+  while (!timers_.empty() && timers_.begin()->due_ms <= now) {
+    auto t = *timers_.begin();
+    timers_.erase(timers_.begin());
     auto row = view_->get(Cf::kTimer, t.key);
     if (!row || !row->has_value()) continue;  // fired before a restart, or duplicated in the heap
     auto tr = TimerRow::decode(**row);
@@ -499,7 +507,7 @@ void Engine::fire_due_timers() {
 
 void Engine::arm_timer_wakeup() {
   if (timers_.empty()) return;
-  int64_t due = timers_.top().due_ms;
+  int64_t due = timers_.begin()->due_ms;
   if (timer_wakeup_at_ != 0 && timer_wakeup_at_ <= due) return;  // an earlier wake-up is armed
   timer_wakeup_at_ = due;
   int64_t delay_ms = std::max<int64_t>(0, due - env_.clock().wall_ms());

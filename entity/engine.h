@@ -16,7 +16,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
-#include <queue>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -73,13 +73,13 @@ class Engine final : public messaging::Inbound {
   struct TimerEntry {
     int64_t due_ms;
     std::string key;
-    bool operator>(const TimerEntry& o) const { return due_ms > o.due_ms; }
+    auto operator<=>(const TimerEntry&) const = default;
   };
   struct Actions {  // run once the group that holds them is durable
     std::vector<messaging::AckFn> acks;
     std::vector<std::pair<std::string, messaging::Envelope>> relay_rows;
     std::vector<std::pair<std::string, ClientReply>> client_replies;
-    std::vector<TimerEntry> timers;
+    std::set<TimerEntry> timers;
     std::vector<Work> retries;  // failed transitions to run again after a backoff
     size_t transitions = 0;
     bool empty() const {
@@ -127,7 +127,7 @@ class Engine final : public messaging::Inbound {
 
   // Executor thread only.
   std::deque<Work> ready_;
-  std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<>> timers_;
+  std::set<TimerEntry> timers_;  // pending durable timers by due time
   int64_t timer_wakeup_at_ = 0;
   Actions open_;
   std::unordered_map<uint64_t, Actions> committing_;

@@ -21,16 +21,18 @@ struct ProviderOp {
   uint64_t payload_type = 0;
   std::string payload;
   int64_t deadline_ms = 0;
+  std::string expiry_timer;  // the expiry timer's row key, deleted once the operation is decided
   std::string encode() const {
     return ByteWriter().u8(kRecordV1).u8(static_cast<uint8_t>(status)).varint(payload_type).bytes(payload)
-        .i64(deadline_ms).take();
+        .i64(deadline_ms).bytes(expiry_timer).take();
   }
   static std::optional<ProviderOp> decode(std::string_view b) {
     ByteReader r(b);
     ProviderOp o;
-    auto v = r.u8(); auto s = r.u8(); auto t = r.varint(); auto p = r.bytes(); auto d = r.i64();
-    if (!v || *v != kRecordV1 || !s || !t || !p || !d) return std::nullopt;
+    auto v = r.u8(); auto s = r.u8(); auto t = r.varint(); auto p = r.bytes(); auto d = r.i64(); auto k = r.bytes();
+    if (!v || *v != kRecordV1 || !s || !t || !p || !d || !k) return std::nullopt;
     o.status = static_cast<OpStatus>(*s); o.payload_type = *t; o.payload = std::move(*p); o.deadline_ms = *d;
+    o.expiry_timer = std::move(*k);
     return o;
   }
 };
@@ -56,20 +58,21 @@ struct EscrowGroup {
   };
   State state = State::kOpen;
   int64_t deadline_ms = 0;
+  std::string deadline_timer;  // row key of the deadline timer, deleted once the group is decided
   std::vector<Op> ops;
 
   std::string encode() const {
     ByteWriter w;
-    w.u8(kRecordV1).u8(static_cast<uint8_t>(state)).i64(deadline_ms).varint(ops.size());
+    w.u8(kRecordV1).u8(static_cast<uint8_t>(state)).i64(deadline_ms).bytes(deadline_timer).varint(ops.size());
     for (auto& o : ops) w.bytes(o.provider.type).bytes(o.provider.key).varint(o.id).u8(static_cast<uint8_t>(o.status));
     return w.take();
   }
   static std::optional<EscrowGroup> decode(std::string_view b) {
     ByteReader r(b);
     EscrowGroup g;
-    auto v = r.u8(); auto s = r.u8(); auto d = r.i64(); auto n = r.varint();
-    if (!v || *v != kRecordV1 || !s || !d || !n) return std::nullopt;
-    g.state = static_cast<State>(*s); g.deadline_ms = *d;
+    auto v = r.u8(); auto s = r.u8(); auto d = r.i64(); auto k = r.bytes(); auto n = r.varint();
+    if (!v || *v != kRecordV1 || !s || !d || !k || !n) return std::nullopt;
+    g.state = static_cast<State>(*s); g.deadline_ms = *d; g.deadline_timer = std::move(*k);
     for (uint64_t i = 0; i < *n; ++i) {
       auto t = r.bytes(); auto k = r.bytes(); auto id = r.varint(); auto st = r.u8();
       if (!t || !k || !id || !st) return std::nullopt;

@@ -187,7 +187,7 @@ void Transition::run_try() {
       // Never expire before the requester's deadline plus grace.
       int64_t due = (env_.deadline_ms ? env_.deadline_ms : now_ms_) + engine_.opts_.op_grace_ms;
       std::string payload = ByteWriter().bytes(env_.from.type).bytes(env_.from.key).varint(env_.correlation).take();
-      schedule_internal(due, Kind::kInternal, kOpExpire, std::move(payload));
+      op.expiry_timer = schedule_internal(due, Kind::kInternal, kOpExpire, std::move(payload));
     }
   }
   txn_.put(Cf::kActivity, ok, op.encode());
@@ -218,6 +218,7 @@ void Transition::run_confirm_or_cancel(bool confirm) {
       (*h)(*this, p);
     }
     op->status = confirm ? OpStatus::kConfirmed : OpStatus::kCancelled;
+    cancel_timer(op->expiry_timer);
     txn_.put(Cf::kActivity, ok, op->encode());
     answer = op->status;
   } else if (op->status == OpStatus::kConfirmed) {
@@ -249,6 +250,7 @@ void Transition::run_op_expire() {
     (*h)(*this, p);
   }
   op->status = OpStatus::kCancelled;
+  op->expiry_timer.clear();  // this is the timer firing: the engine deletes its row
   txn_.put(Cf::kActivity, ok, op->encode());
   send_env(requester, Kind::kOpResult, *id, op->payload_type, {}, static_cast<uint32_t>(OpStatus::kCancelled));
 }
@@ -267,8 +269,8 @@ uint64_t Transition::begin_escrow(int64_t deadline_ms) {
   txn_.put(Cf::kState, rk, ByteWriter().u8(kRecordV1).varint(next).take());
   EscrowGroup g;
   g.deadline_ms = now_ms_ + deadline_ms;
-  groups_[next] = g;
-  schedule_internal(g.deadline_ms, Kind::kInternal, kEscrowDeadline, ByteWriter().varint(next).take());
+  g.deadline_timer = schedule_internal(g.deadline_ms, Kind::kInternal, kEscrowDeadline, ByteWriter().varint(next).take());
+  groups_[next] = std::move(g);
   return next;
 }
 
@@ -315,6 +317,7 @@ void Transition::decide_group(uint64_t id, EscrowGroup& g) {
       cancel_group(id, g, "rejected by a provider");
     } else if (!g.ops.empty() && all([](auto& o) { return o.status == OpStatus::kAccepted; })) {
       g.state = S::kConfirming;
+      cancel_timer(g.deadline_timer);
       for (auto& o : g.ops) send_env(o.provider, Kind::kConfirm, o.id, 0, {});
     }
   } else if (g.state == S::kConfirming) {
@@ -330,6 +333,8 @@ void Transition::decide_group(uint64_t id, EscrowGroup& g) {
 
 void Transition::cancel_group(uint64_t id, EscrowGroup& g, const std::string& reason) {
   g.state = EscrowGroup::State::kCancelled;
+  if (env_.kind != Kind::kInternal) cancel_timer(g.deadline_timer);  // else it is this firing
+  g.deadline_timer.clear();
   for (auto& o : g.ops)
     if (o.status != OpStatus::kRejected && !is_cancelled(o.status)) send_env(o.provider, Kind::kCancel, o.id, 0, {});
   finish_group(id, EscrowResult::Outcome::kCancelled, reason);
@@ -489,7 +494,16 @@ void Transition::schedule_raw(int64_t delay_ms, uint64_t type, std::string paylo
   schedule_internal(now_ms_ + std::max<int64_t>(0, delay_ms), Kind::kTimer, type, std::move(payload));
 }
 
-void Transition::schedule_internal(int64_t due_ms, Kind kind, uint64_t type, std::string payload) {
+void Transition::cancel_timer(std::string& key) {
+  if (key.empty()) return;
+  txn_.del(Cf::kTimer, key);
+  // The due time is encoded right after the placement prefix.
+  keys::Reader r(std::string_view(key).substr(prefix_.size()));
+  timers_cancelled_.push_back({static_cast<int64_t>(r.u64().value_or(0)), std::move(key)});
+  key.clear();
+}
+
+std::string Transition::schedule_internal(int64_t due_ms, Kind kind, uint64_t type, std::string payload) {
   Envelope e;
   e.from = env_.to;
   e.to = env_.to;
@@ -499,7 +513,8 @@ void Transition::schedule_internal(int64_t due_ms, Kind kind, uint64_t type, std
   e.sent_at_ms = now_ms_;
   std::string key = rows::timer(prefix_, due_ms, ++engine_.timer_ids_);
   txn_.put(Cf::kTimer, key, TimerRow{due_ms, messaging::encode(e)}.encode());
-  timers_out_.push_back({due_ms, std::move(key)});
+  timers_out_.push_back({due_ms, key});
+  return key;
 }
 
 void Transition::flush() {

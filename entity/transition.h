@@ -48,6 +48,8 @@ class Transition final : public Context {
     std::string key;
   };
   std::vector<TimerOut>& timers() { return timers_out_; }
+  // Timer rows this transition deleted before they fired.
+  std::vector<TimerOut>& cancelled_timers() { return timers_cancelled_; }
 
   // Context
   const EntityRef& self() const override { return env_.to; }
@@ -85,7 +87,9 @@ class Transition final : public Context {
   EscrowGroup* group(uint64_t id);
   void send_env(const EntityRef& to, messaging::Kind kind, uint64_t correlation, uint64_t type,
                 std::string payload, uint32_t status = 0, int64_t deadline_ms = 0);
-  void schedule_internal(int64_t due_ms, messaging::Kind kind, uint64_t type, std::string payload);
+  // Returns the timer's row key.
+  std::string schedule_internal(int64_t due_ms, messaging::Kind kind, uint64_t type, std::string payload);
+  void cancel_timer(std::string& key);
   void decide_group(uint64_t id, EscrowGroup& g);
   void cancel_group(uint64_t id, EscrowGroup& g, const std::string& reason);
   void finish_group(uint64_t id, EscrowResult::Outcome outcome, const std::string& reason);
@@ -108,6 +112,7 @@ class Transition final : public Context {
   std::vector<messaging::Envelope> outputs_;
   std::vector<ClientOut> client_outputs_;
   std::vector<TimerOut> timers_out_;
+  std::vector<TimerOut> timers_cancelled_;
   bool replied_to_client_ = false;
 };
 
