@@ -17,10 +17,13 @@ struct CrashSpec {
   CrashSpec() {
     const char* v = std::getenv("TANDEM_CRASH_AT");
     if (!v || !*v) return;
+    // Point names contain ':' themselves; a trailing ":<digits>" is the hit count.
     std::string s(v);
-    auto colon = s.find(':');
-    name = s.substr(0, colon);
-    if (colon != std::string::npos) nth = std::max(1L, std::atol(s.c_str() + colon + 1));
+    auto colon = s.rfind(':');
+    bool counted = colon != std::string::npos && colon + 1 < s.size() &&
+                   s.find_first_not_of("0123456789", colon + 1) == std::string::npos;
+    name = counted ? s.substr(0, colon) : s;
+    if (counted) nth = std::max(1L, std::atol(s.c_str() + colon + 1));
   }
 };
 CrashSpec& spec() {

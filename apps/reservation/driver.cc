@@ -173,6 +173,8 @@ DemoResult run_demo(Node& node, tandem::Clock& clock, const DemoOptions& o) {
     return res;
   }
   res.invariant = check_invariant(node, o, &res);
+  if (res.invariant == "ok" && node.stats().timers != 0)
+    res.invariant = "FAILED:" + std::to_string(node.stats().timers) + " timers still pending after quiescence";
   if (res.invariant == "ok" && outstanding > 0)
     res.invariant = "FAILED:" + std::to_string(outstanding) + " orders never answered";
   if (res.invariant == "ok" && refused_n > 0)
