@@ -17,7 +17,8 @@ constexpr const char* kUsage =
     "usage: tandem-reservation demo [--data DIR] [--fresh] [--orders N] [--items N] [--concurrency N]\n"
     "                               [--stock N] [--seed N] [--deadline-ms N] [--durability strict|relaxed]\n"
     "                               [--no-inline] [--duplicate P] [--drop P] [--delay P] [--max-delay-us N]\n"
-    "                               [--max-batch N] [--log-level LEVEL]\n"
+    "                               [--max-batch N] [--grace-ms N] [--reply-timeout-ms N] [--quiet]\n"
+    "                               [--log-level LEVEL]\n"
     "  Runs the order/inventory reservation demo on one node and prints one RESULT line.\n"
     "  Rerunning with the same --data and --seed resumes: every order is retried with its\n"
     "  idempotency key, so none is placed twice.\n";
@@ -43,9 +44,13 @@ int main(int argc, char** argv) {
       argc, argv, 2,
       {"data", "orders", "items", "concurrency", "stock", "seed", "deadline-ms", "durability", "duplicate", "drop",
        "delay", "max-delay-us", "max-batch", "log-level", "grace-ms", "reply-timeout-ms"},
-      {"fresh", "no-inline", "quiet"});
+      {"fresh", "no-inline", "quiet", "help"});
   if (!flags) return fail(flags.status());
   auto& f = *flags;
+  if (f.has("help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
   if (!f.positional().empty()) return fail(tandem::Status::invalid_argument("unexpected argument '" + f.positional()[0] + "'"));
   tandem::log::set_level(f.str("log-level", "warn"));
 
