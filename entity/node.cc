@@ -93,7 +93,11 @@ Result<std::vector<ActivityInfo>> Node::activities(const EntityRef& ref) {
         auto tag = r.u8();
         if (!t || !key || !tag) return true;
         EntityRef partner{*t, *key};
-        if (out.empty() || out.back().partner != partner) out.push_back(ActivityInfo{partner});
+        if (out.empty() || out.back().partner != partner) {
+          ActivityInfo fresh;
+          fresh.partner = partner;
+          out.push_back(std::move(fresh));
+        }
         auto& a = out.back();
         if (*tag == 'd') {
           if (auto d = messaging::Dedup::decode(v)) {
