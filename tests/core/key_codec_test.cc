@@ -54,7 +54,8 @@ TEST_CASE("a reader decodes what was appended, and refuses truncated input") {
   CHECK(r.done());
   keys::Reader truncated(std::string_view(k).substr(0, 3));
   CHECK_FALSE(truncated.bytes().has_value());
-  keys::Reader bad(std::string("x\0\x07", 3));
+  const std::string bad_bytes("x\0\x07", 3);  // 0x00 followed by neither 0xFF nor 0x01
+  keys::Reader bad(bad_bytes);
   CHECK_FALSE(bad.bytes().has_value());
 }
 
