@@ -36,6 +36,11 @@ namespace tandem::entity {
 inline constexpr uint64_t kOpExpire = 1;
 inline constexpr uint64_t kEscrowDeadline = 2;
 
+// A group this large is sealed even while another commit is in flight.
+inline constexpr size_t kEagerSeal = 256;
+// Relaxed groups of at most this many transitions are written on the engine thread.
+inline constexpr size_t kInlineCommit = 32;
+
 class Engine final : public messaging::Inbound {
  public:
   Engine(Env& env, const Registry& registry, NodeOptions opts);

@@ -80,7 +80,9 @@ double raw_rate(tandem::partition::Durability d, int writers, double seconds) {
       std::string prev;
       while (!stop) {
         tandem::partition::WriteBatch b;
-        std::string k = "e" + std::to_string(w) + "-" + std::to_string(n % 1000);
+        std::string k = std::to_string(w);  // "w-i": writer, entity
+        k += '-';
+        k += std::to_string(n % 1000);
         b.put(tandem::partition::Cf::kState, k, value);
         b.put(tandem::partition::Cf::kActivity, k + "a", value);
         b.put(tandem::partition::Cf::kActivity, k + "b", value);
