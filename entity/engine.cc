@@ -300,14 +300,13 @@ void Engine::step() {
     Work w = std::move(ready_.front());
     ready_.pop_front();
     process(w);
+    // With fewer than two commits in flight, a group that is already large is sealed at once,
+    // and the backlog continues in the next one: messages whose next hop waits for a commit
+    // then spread over two groups, so the engine fills one while the committer writes the other.
+    if (open_.transitions >= kEagerSeal && inflight_commits_ < 2) seal_and_commit();
   }
   c_.ready = ready_.size();
-  // Seal when the committer is idle; with one commit in flight, also seal a group that is
-  // already large, so the committer writes it right after the current one while the next
-  // group fills (chains whose next hop waits for a commit then spread over two groups).
-  bool has_work = view_->open_writes() > 0 || !open_.empty();
-  if (has_work && (inflight_commits_ == 0 || (inflight_commits_ == 1 && open_.transitions >= kEagerSeal)))
-    seal_and_commit();
+  if (inflight_commits_ == 0 && (view_->open_writes() > 0 || !open_.empty())) seal_and_commit();
   if (!ready_.empty() && open_.transitions < opts_.max_batch) schedule_step();
 }
 

@@ -183,10 +183,11 @@ void bench_memory(tandem::Env& env, uint64_t entities) {
   auto s = node.for_each_state("runner", [&](const std::string&, tandem::entity::Payload&) { ++rows; });
   node.stop();
   std::filesystem::remove_all(o.data_dir);
+  double raw = raw_rate(tandem::partition::Durability::kRelaxed, 1, 2);
   std::printf("RESULT bench=memory entities=%llu stored=%llu rss_mib=%.0f rss_before_mib=%.0f create_per_s=%.0f "
-              "durability=relaxed target_rss_mib=1024 %s\n",
+              "raw_per_s=%.0f durability=relaxed target_rss_mib=1024 %s\n",
               static_cast<unsigned long long>(entities), static_cast<unsigned long long>(rows), rss, rss0,
-              static_cast<double>(entities) / create_s, s.is_ok() ? "" : s.to_string().c_str());
+              static_cast<double>(entities) / create_s, raw, s.is_ok() ? "" : s.to_string().c_str());
   std::fflush(stdout);
 }
 
