@@ -42,26 +42,27 @@ std::string Flags::str(const std::string& name, const std::string& def) const {
   return it == values_.end() ? def : it->second;
 }
 
-Result<uint64_t> Flags::u64(const std::string& name, uint64_t def) const {
-  auto it = values_.find(name);
-  if (it == values_.end()) return def;
-  uint64_t v = 0;
+namespace {
+template <class T>
+Result<T> parse_int(const std::map<std::string, std::string>& values, const std::string& name, T def,
+                    const char* expects) {
+  auto it = values.find(name);
+  if (it == values.end()) return def;
+  T v{};
   auto& s = it->second;
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (ec != std::errc() || p != s.data() + s.size())
-    return Status::invalid_argument("--" + name + " expects a non-negative integer, got '" + s + "'");
+    return Status::invalid_argument("--" + name + " expects " + expects + ", got '" + s + "'");
   return v;
+}
+}  // namespace
+
+Result<uint64_t> Flags::u64(const std::string& name, uint64_t def) const {
+  return parse_int<uint64_t>(values_, name, def, "a non-negative integer");
 }
 
 Result<int64_t> Flags::i64(const std::string& name, int64_t def) const {
-  auto it = values_.find(name);
-  if (it == values_.end()) return def;
-  int64_t v = 0;
-  auto& s = it->second;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size())
-    return Status::invalid_argument("--" + name + " expects an integer, got '" + s + "'");
-  return v;
+  return parse_int<int64_t>(values_, name, def, "an integer");
 }
 
 Result<double> Flags::f64(const std::string& name, double def) const {

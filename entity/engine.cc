@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <condition_variable>
 #include <filesystem>
+#include <optional>
+#include <thread>
 
 #include <tandem/core/crash_point.h>
 #include <tandem/core/key_codec.h>
@@ -45,6 +47,23 @@ std::optional<std::string> unhex(std::string_view h) {
     out.push_back(static_cast<char>(a * 16 + b));
   }
   return out;
+}
+
+// Runs `fn` on `exec` and blocks the calling (non-executor) thread until it has run.
+template <class T>
+T run_on(Executor& exec, const std::function<T()>& fn) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<T> result;
+  exec.post([&] {
+    T r = fn();
+    std::lock_guard lock(mu);
+    result.emplace(std::move(r));
+    cv.notify_all();
+  });
+  std::unique_lock lock(mu);
+  cv.wait(lock, [&] { return result.has_value(); });
+  return std::move(*result);
 }
 
 }  // namespace
@@ -116,20 +135,7 @@ Status Engine::start() {
   relay_ = std::make_unique<messaging::Relay>(*exec_, *routing_, env_.clock(), env_.seed(), ro,
                                                [this](const std::string& k) { on_relay_acked(k); });
   timer_ids_ = static_cast<uint64_t>(env_.clock().wall_ms()) * 1000;
-  Status st;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  exec_->post([&] {
-    auto s = recover();
-    std::lock_guard lock(mu);
-    st = s;
-    done = true;
-    cv.notify_all();
-  });
-  std::unique_lock lock(mu);
-  cv.wait(lock, [&] { return done; });
-  return st;
+  return run_on<Status>(*exec_, [this] { return recover(); });
 }
 
 // Runs on exec_. Scans only the outbox and timer families: pending deliveries and timers
@@ -166,27 +172,14 @@ Status Engine::recover() {
 
 void Engine::stop() {
   if (!exec_) return;
-  // Let in-flight commits finish, then stop the loop; queued messages stay durable in their
-  // senders' outboxes (or, for client calls, are retried by the client).
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  auto check = std::make_shared<std::function<void()>>();
-  *check = [&, check] {
+  // Let in-flight commits finish (stopped_ keeps new groups from being sealed meanwhile), then
+  // stop the loop. Messages still queued stay durable in their senders' outboxes; client
+  // calls still waiting are answered `unavailable` and the client retries.
+  while (run_on<int>(*exec_, [this] {
     stopped_ = true;
-    if (inflight_commits_ > 0) {
-      exec_->post_after(std::chrono::milliseconds(1), *check);
-      return;
-    }
-    std::lock_guard lock(mu);
-    done = true;
-    cv.notify_all();
-  };
-  exec_->post(*check);
-  {
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return done; });
-  }
+    return inflight_commits_;
+  }) > 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   if (relay_) relay_->stop();
   fault_exec_.reset();
   exec_.reset();
@@ -196,9 +189,12 @@ void Engine::stop() {
   routing_.reset();
   view_.reset();
   store_.reset();
-  std::lock_guard lock(calls_mu_);
-  for (auto& [k, fn] : calls_) fn(ClientReply{Status::unavailable("node stopped"), 0, {}});
-  calls_.clear();
+  decltype(calls_) waiting;
+  {
+    std::lock_guard lock(calls_mu_);
+    waiting.swap(calls_);
+  }
+  for (auto& [k, fn] : waiting) fn(ClientReply{Status::unavailable("node stopped"), 0, {}});
 }
 
 // ---- inbound ----
@@ -561,25 +557,15 @@ NodeStats Engine::stats() const {
 
 bool Engine::quiescent() const {
   if (!exec_) return true;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false, q = false;
-  exec_->post([&] {
+  return run_on<bool>(*exec_, [this] {
     bool inbox_empty;
     {
-      std::lock_guard lock(const_cast<std::mutex&>(inbox_mu_));
+      std::lock_guard lock(inbox_mu_);
       inbox_empty = inbox_.empty();
     }
-    bool r = inbox_empty && ready_.empty() && inflight_commits_ == 0 && open_.empty() &&
-             view_->open_writes() == 0 && relay_->depth() == 0 && attempts_.empty();
-    std::lock_guard lock(mu);
-    q = r;
-    done = true;
-    cv.notify_all();
+    return inbox_empty && ready_.empty() && inflight_commits_ == 0 && open_.empty() && view_->open_writes() == 0 &&
+           relay_->depth() == 0 && attempts_.empty();
   });
-  std::unique_lock lock(mu);
-  cv.wait(lock, [&] { return done; });
-  return q;
 }
 
 Result<std::vector<ParkedMessage>> Engine::parked() {
@@ -599,11 +585,7 @@ Result<std::vector<ParkedMessage>> Engine::parked() {
 Status Engine::redrive(const std::string& id) {
   auto key = unhex(id);
   if (!key || key->rfind(rows::kParkedPrefix, 0) != 0) return Status::invalid_argument("not a parked message id: " + id);
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  Status result;
-  exec_->post([&] {
+  return run_on<Status>(*exec_, [&]() -> Status {
     Status s;
     auto row = view_->get(Cf::kMeta, *key);
     if (!row) {
@@ -628,14 +610,8 @@ Status Engine::redrive(const std::string& id) {
         schedule_step();
       }
     }
-    std::lock_guard lock(mu);
-    result = s;
-    done = true;
-    cv.notify_all();
+    return s;
   });
-  std::unique_lock lock(mu);
-  cv.wait(lock, [&] { return done; });
-  return result;
 }
 
 }  // namespace tandem::entity

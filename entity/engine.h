@@ -126,7 +126,7 @@ class Engine final : public messaging::Inbound {
   std::unique_ptr<messaging::Relay> relay_;
   std::unique_ptr<Random> random_;
 
-  std::mutex inbox_mu_;
+  mutable std::mutex inbox_mu_;
   std::vector<Work> inbox_;
   bool inbox_wake_ = false;
 
