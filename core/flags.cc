@@ -14,16 +14,14 @@ Result<Flags> Flags::parse(int argc, char** argv, int first, const std::set<std:
       f.positional_.push_back(a);
       continue;
     }
-    std::string name = a.substr(2), value;
-    bool inline_value = false;
-    if (auto eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      inline_value = true;
-    }
+    std::string_view body = std::string_view(a).substr(2);
+    auto eq = body.find('=');
+    bool inline_value = eq != std::string_view::npos;
+    std::string name(body.substr(0, eq));
+    std::string value(inline_value ? body.substr(eq + 1) : std::string_view());
     if (switches.count(name)) {
       if (inline_value) return Status::invalid_argument("flag --" + name + " takes no value");
-      f.values_[name] = "1";
+      f.values_.insert_or_assign(name, std::string(1, '1'));  // (a literal here trips GCC 12's -Wrestrict)
     } else if (known.count(name)) {
       if (!inline_value) {
         if (i + 1 >= argc) return Status::invalid_argument("flag --" + name + " needs a value");
