@@ -1,6 +1,7 @@
 #include <tandem/messaging/relay.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 
 namespace tandem::messaging {
@@ -8,7 +9,7 @@ namespace tandem::messaging {
 // Late callbacks (acks from other threads, timers) check the gate before touching the Relay.
 struct Relay::Gate {
   std::mutex mu;
-  bool open = true;
+  std::atomic<bool> open{true};  // read lock-free on the executor; written under mu
   Executor* exec;
 };
 
