@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <signal.h>
@@ -158,11 +159,25 @@ TEST_CASE("crash point timer:fired_before_commit, then restart: invariant holds 
 }
 
 TEST_CASE("kill -9 at random moments, then restart: invariant holds") {
-  tandem::testing::TempDir dir("kill");
-  tandem::Random rnd(std::random_device{}());
-  auto args = with(kSmall, {"--data", dir.sub("data"), "--durability", "strict"});
-  auto first = run_demo(with(args, {"--fresh"}), "", dir.sub("log"), 150 + static_cast<int>(rnd.uniform(400)));
-  for (int i = 0; i < 2 && first.exit_code == 128 + SIGKILL; ++i)
-    first = run_demo(args, "", dir.sub("log"), 100 + static_cast<int>(rnd.uniform(400)));
-  check_ok(run_demo(args, "", dir.sub("log")));
+  // Each episode: a fresh store, up to 4 runs killed at random moments, then a run to the end.
+  // TANDEM_KILL_EPISODES sets the number of episodes (1 by default; the soak run uses more).
+  const char* episodes_env = std::getenv("TANDEM_KILL_EPISODES");
+  int episodes = episodes_env ? std::max(1, std::atoi(episodes_env)) : 1;
+  uint64_t seed = std::random_device{}();
+  CAPTURE(seed);
+  tandem::Random rnd(seed);
+  int kills = 0;
+  for (int e = 0; e < episodes; ++e) {
+    tandem::testing::TempDir dir("kill");
+    auto args = with({"--orders", "5000", "--items", "300", "--stock", "40"}, {"--data", dir.sub("data")});
+    for (int i = 0; i < 4; ++i) {
+      auto r = run_demo(i == 0 ? with(args, {"--fresh"}) : args, "", dir.sub("log"),
+                        100 + static_cast<int>(rnd.uniform(800)));
+      if (r.exit_code == 128 + SIGKILL) ++kills;
+    }
+    CAPTURE(e);
+    check_ok(run_demo(args, "", dir.sub("log")));
+  }
+  MESSAGE("SUMMARY kill9 episodes=" << episodes << " kills=" << kills);
+  CHECK(kills >= episodes);
 }
