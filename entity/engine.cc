@@ -135,7 +135,9 @@ Status Engine::start() {
   relay_ = std::make_unique<messaging::Relay>(*exec_, *routing_, env_.clock(), env_.seed(), ro,
                                                [this](const std::string& k) { on_relay_acked(k); });
   timer_ids_ = static_cast<uint64_t>(env_.clock().wall_ms()) * 1000;
-  return run_on<Status>(*exec_, [this] { return recover(); });
+  auto st = run_on<Status>(*exec_, [this] { return recover(); });
+  running_ = st.is_ok();
+  return st;
 }
 
 // Runs on exec_. Scans only the outbox and timer families: pending deliveries and timers
@@ -171,6 +173,7 @@ Status Engine::recover() {
 }
 
 void Engine::stop() {
+  running_ = false;
   if (!exec_) return;
   // Let in-flight commits finish (stopped_ keeps new groups from being sealed meanwhile), then
   // stop the loop. Messages still queued stay durable in their senders' outboxes; client
@@ -228,6 +231,7 @@ std::string Engine::call_key(const std::string& client_id, const std::string& id
 void Engine::call(const EntityRef& to, uint64_t payload_type, std::string payload, const std::string& client_id,
                   const std::string& idem, std::function<void(ClientReply)> done) {
   auto refuse = [&](Status s) { done(ClientReply{std::move(s), 0, {}}); };
+  if (!running_) return refuse(Status::unavailable("node is not running"));
   if (auto s = validate_ref(to); !s) return refuse(s);
   if (!registry_.find(to.type)) return refuse(Status::invalid_argument("unknown entity type '" + to.type + "'"));
   if (idem.empty()) return refuse(Status::invalid_argument("a client request needs an idempotency key"));

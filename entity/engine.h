@@ -142,6 +142,7 @@ class Engine final : public messaging::Inbound {
   std::unordered_map<std::string, int> attempts_;
   uint64_t timer_ids_ = 0;
 
+  std::atomic<bool> running_{false};  // calls are refused outside start() .. stop()
   mutable std::mutex calls_mu_;
   std::unordered_map<std::string, std::function<void(ClientReply)>> calls_;
 

@@ -149,6 +149,16 @@ TEST_CASE_FIXTURE(NodeFixture, "a durable timer fires after a restart") {
   CHECK(node->stats().timers == 0);
 }
 
+TEST_CASE_FIXTURE(NodeFixture, "a call to a node that is not running is answered unavailable, not left hanging") {
+  node = std::make_unique<tandem::entity::Node>(*env, registry, opts);
+  auto r = call<Add>({"counter", "a"}, "k", [](Add::Builder b) { b.setN(1); });
+  CHECK(r.status.code() == Code::kUnavailable);
+  start();
+  node->stop();
+  r = call<Add>({"counter", "a"}, "k", [](Add::Builder b) { b.setN(1); });
+  CHECK(r.status.code() == Code::kUnavailable);
+}
+
 TEST_CASE_FIXTURE(NodeFixture, "bad options are refused at start") {
   opts.durability = "fast";
   node = std::make_unique<tandem::entity::Node>(*env, registry, opts);
