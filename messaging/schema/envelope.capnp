@@ -44,3 +44,43 @@ struct Dedup {
   above @1 :List(UInt64);      # applied seqs > watermark (bounded)
   nextOutSeq @2 :UInt64;       # the last seq this entity assigned to a message for the partner
 }
+
+# ---- wire protocol: length-prefixed frames (u32 big-endian length, then one message) ----
+
+struct Frame {
+  union {
+    challenge @0 :Data;     # server -> client, first frame: the server's nonce
+    auth @1 :Auth;          # client -> server
+    welcome @2 :Data;       # server -> client: proof that the server knows the secret too
+    deliver @3 :Deliver;    # an envelope for an entity the receiver hosts
+    ack @4 :Ack;            # answer to a deliver
+    request @5 :Rpc;        # map fetches, client calls, admin commands
+    response @6 :Rpc;
+  }
+}
+
+struct Auth {
+  role @0 :Text;        # "node", "client" or "admin"
+  nodeId @1 :UInt32;    # for role "node"
+  nonce @2 :Data;
+  mac @3 :Data;         # HMAC-SHA256(secret, "tandem/1 client" | server nonce | nonce | role | nodeId)
+}
+
+struct Deliver {
+  id @0 :UInt64;
+  envelope @1 :Data;    # an encoded Envelope
+}
+
+struct Ack {
+  id @0 :UInt64;
+  code @1 :UInt8;       # tandem::Code
+  message @2 :Text;
+}
+
+struct Rpc {
+  id @0 :UInt64;
+  method @1 :Text;
+  body @2 :Data;
+  code @3 :UInt8;       # responses: tandem::Code
+  message @4 :Text;
+}

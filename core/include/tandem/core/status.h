@@ -37,6 +37,11 @@ class [[nodiscard]] Status {
   static Status unknown_outcome(std::string msg) { return {Code::kUnknownOutcome, std::move(msg)}; }
   static Status corruption(std::string msg) { return {Code::kCorruption, std::move(msg)}; }
   static Status internal(std::string msg) { return {Code::kInternal, std::move(msg)}; }
+  // For codes that crossed a wire; an unknown code becomes kInternal.
+  static Status from_code(Code c, std::string msg) {
+    if (c > Code::kInternal) c = Code::kInternal;
+    return {c, std::move(msg)};
+  }
 
   bool is_ok() const { return code_ == Code::kOk; }
   explicit operator bool() const { return is_ok(); }

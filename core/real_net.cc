@@ -1,0 +1,234 @@
+#include <tandem/core/net.h>
+
+#include <charconv>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <pthread.h>
+
+namespace tandem::net {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+Result<Endpoint> Endpoint::parse(std::string_view s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == s.size())
+    return Status::invalid_argument("address '" + std::string(s) + "' is not host:port");
+  uint32_t port = 0;
+  auto ps = s.substr(colon + 1);
+  auto [p, ec] = std::from_chars(ps.data(), ps.data() + ps.size(), port);
+  if (ec != std::errc() || p != ps.data() + ps.size() || port > 65535)
+    return Status::invalid_argument("address '" + std::string(s) + "' has a bad port");
+  return Endpoint{std::string(s.substr(0, colon)), static_cast<uint16_t>(port)};
+}
+
+namespace {
+
+class AsioConnection final : public Connection, public std::enable_shared_from_this<AsioConnection> {
+ public:
+  AsioConnection(asio::io_context& io, tcp::socket socket) : io_(io), socket_(std::move(socket)) {
+    boost::system::error_code ec;
+    socket_.set_option(tcp::no_delay(true), ec);
+    auto ep = socket_.remote_endpoint(ec);
+    peer_ = ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
+  }
+
+  void start(std::function<void(std::string_view)> on_data, std::function<void(Status)> on_close) override {
+    auto self = shared_from_this();
+    asio::post(io_, [self, on_data = std::move(on_data), on_close = std::move(on_close)]() mutable {
+      self->on_data_ = std::move(on_data);
+      self->on_close_ = std::move(on_close);
+      self->read();
+    });
+  }
+
+  void send(std::string bytes) override {
+    bool start_write;
+    {
+      std::lock_guard lock(mu_);
+      if (closed_) return;
+      queued_ += bytes.size();
+      pending_.push_back(std::move(bytes));
+      start_write = !writing_;
+      writing_ = true;
+    }
+    if (start_write) {
+      auto self = shared_from_this();
+      asio::post(io_, [self] { self->write(); });
+    }
+  }
+
+  size_t queued_bytes() const override {
+    std::lock_guard lock(mu_);
+    return queued_;
+  }
+
+  void close() override {
+    auto self = shared_from_this();
+    asio::post(io_, [self] { self->fail(Status::unavailable("closed")); });
+  }
+
+  std::string peer() const override { return peer_; }
+
+ private:
+  void read() {
+    auto self = shared_from_this();
+    socket_.async_read_some(asio::buffer(buf_), [self](const boost::system::error_code& ec, size_t n) {
+      if (ec) return self->fail(Status::unavailable("read: " + ec.message()));
+      if (self->on_data_) self->on_data_(std::string_view(self->buf_.data(), n));
+      if (!self->socket_.is_open()) return;
+      self->read();
+    });
+  }
+
+  void write() {
+    {
+      std::lock_guard lock(mu_);
+      if (pending_.empty() || closed_) {
+        writing_ = false;
+        return;
+      }
+      out_.clear();
+      for (auto& p : pending_) out_ += p;  // many frames, one write
+      pending_.clear();
+    }
+    auto self = shared_from_this();
+    asio::async_write(socket_, asio::buffer(out_), [self](const boost::system::error_code& ec, size_t n) {
+      {
+        std::lock_guard lock(self->mu_);
+        self->queued_ -= std::min(self->queued_, n);
+      }
+      if (ec) return self->fail(Status::unavailable("write: " + ec.message()));
+      self->write();
+    });
+  }
+
+  void fail(Status s) {
+    {
+      std::lock_guard lock(mu_);
+      if (closed_) return;
+      closed_ = true;
+      pending_.clear();
+      queued_ = 0;
+    }
+    boost::system::error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+    auto cb = std::move(on_close_);
+    on_data_ = nullptr;
+    if (cb) cb(std::move(s));
+  }
+
+  asio::io_context& io_;
+  tcp::socket socket_;
+  std::string peer_;
+  std::array<char, 64 * 1024> buf_{};
+  std::function<void(std::string_view)> on_data_;
+  std::function<void(Status)> on_close_;
+  mutable std::mutex mu_;
+  std::vector<std::string> pending_;
+  std::string out_;
+  size_t queued_ = 0;
+  bool writing_ = false;
+  bool closed_ = false;
+};
+
+class AsioNetwork final : public Network {
+ public:
+  AsioNetwork() : work_(io_.get_executor()) {
+    thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "tandem-net");
+      io_.run();
+    });
+  }
+  ~AsioNetwork() override { stop(); }
+
+  Result<uint16_t> listen(const Endpoint& at, std::function<void(std::shared_ptr<Connection>)> on_accept) override {
+    boost::system::error_code ec;
+    auto addr = asio::ip::make_address(at.host, ec);
+    if (ec) return Status::invalid_argument("listen address '" + at.host + "': " + ec.message());
+    auto acc = std::make_shared<tcp::acceptor>(io_);
+    tcp::endpoint ep(addr, at.port);
+    acc->open(ep.protocol(), ec);
+    if (!ec) acc->set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acc->bind(ep, ec);
+    if (!ec) acc->listen(1024, ec);
+    if (ec) return Status::unavailable("cannot listen on " + at.to_string() + ": " + ec.message());
+    uint16_t port = acc->local_endpoint().port();
+    {
+      std::lock_guard lock(mu_);
+      acceptors_.push_back(acc);
+    }
+    auto handler = std::make_shared<std::function<void(std::shared_ptr<Connection>)>>(std::move(on_accept));
+    accept(acc, handler);
+    return port;
+  }
+
+  void connect(const Endpoint& to, std::function<void(Result<std::shared_ptr<Connection>>)> done) override {
+    boost::system::error_code ec;
+    auto addr = asio::ip::make_address(to.host, ec);
+    if (ec) {
+      asio::post(io_, [done, msg = "bad address '" + to.host + "': " + ec.message()] {
+        done(Status::invalid_argument(msg));
+      });
+      return;
+    }
+    auto sock = std::make_shared<tcp::socket>(io_);
+    sock->async_connect(tcp::endpoint(addr, to.port), [this, sock, done, to](const boost::system::error_code& ec) {
+      if (ec) return done(Status::unavailable("connect " + to.to_string() + ": " + ec.message()));
+      done(std::shared_ptr<Connection>(std::make_shared<AsioConnection>(io_, std::move(*sock))));
+    });
+  }
+
+  void after(int64_t delay_ms, std::function<void()> fn) override {
+    auto t = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(delay_ms));
+    t->async_wait([t, fn = std::move(fn)](const boost::system::error_code& ec) {
+      if (!ec) fn();
+    });
+  }
+
+  void stop() override {
+    if (!thread_.joinable()) return;
+    asio::post(io_, [this] {
+      std::lock_guard lock(mu_);
+      for (auto& a : acceptors_) {
+        boost::system::error_code ec;
+        a->close(ec);
+      }
+    });
+    work_.reset();
+    io_.stop();
+    thread_.join();
+  }
+
+ private:
+  void accept(std::shared_ptr<tcp::acceptor> acc, std::shared_ptr<std::function<void(std::shared_ptr<Connection>)>> h) {
+    acc->async_accept([this, acc, h](const boost::system::error_code& ec, tcp::socket s) {
+      if (ec == asio::error::operation_aborted || !acc->is_open()) return;
+      if (!ec) (*h)(std::make_shared<AsioConnection>(io_, std::move(s)));
+      accept(acc, h);
+    });
+  }
+
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<std::shared_ptr<tcp::acceptor>> acceptors_;
+};
+
+}  // namespace
+
+std::unique_ptr<Network> make_real_network() { return std::make_unique<AsioNetwork>(); }
+
+}  // namespace tandem::net
