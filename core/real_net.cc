@@ -73,9 +73,19 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
     return queued_;
   }
 
+  // Closes once everything queued so far is written.
   void close() override {
     auto self = shared_from_this();
-    asio::post(io_, [self] { self->fail(Status::unavailable("closed")); });
+    asio::post(io_, [self] {
+      {
+        std::lock_guard lock(self->mu_);
+        if (self->writing_) {
+          self->close_when_drained_ = true;
+          return;
+        }
+      }
+      self->fail(Status::unavailable("closed"));
+    });
   }
 
   std::string peer() const override { return peer_; }
@@ -92,15 +102,26 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
   }
 
   void write() {
+    bool idle = false, close_now = false;
     {
       std::lock_guard lock(mu_);
-      if (pending_.empty() || closed_) {
+      if (closed_) {
         writing_ = false;
         return;
       }
-      out_.clear();
-      for (auto& p : pending_) out_ += p;  // many frames, one write
-      pending_.clear();
+      if (pending_.empty()) {
+        writing_ = false;
+        idle = true;
+        close_now = close_when_drained_;
+      } else {
+        out_.clear();
+        for (auto& p : pending_) out_ += p;  // many frames, one write
+        pending_.clear();
+      }
+    }
+    if (idle) {
+      if (close_now) fail(Status::unavailable("closed"));
+      return;
     }
     auto self = shared_from_this();
     asio::async_write(socket_, asio::buffer(out_), [self](const boost::system::error_code& ec, size_t n) {
@@ -140,6 +161,7 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
   std::string out_;
   size_t queued_ = 0;
   bool writing_ = false;
+  bool close_when_drained_ = false;
   bool closed_ = false;
 };
 

@@ -72,17 +72,17 @@ T run_on(Executor& exec, const std::function<T()>& fn) {
 // transport.
 class Engine::RoutingTransport final : public messaging::Transport {
  public:
-  RoutingTransport(const Registry& r, messaging::Transport& local, messaging::Transport* remote)
-      : registry_(r), local_(local), remote_(remote) {}
+  RoutingTransport(const Engine& e, messaging::Transport& local, messaging::Transport* remote)
+      : engine_(e), local_(local), remote_(remote) {}
   void send(const Envelope& env, messaging::AckFn ack) override {
-    if (remote_ && !registry_.find(env.to.type))
+    if (remote_ && !engine_.is_local(env.to))
       remote_->send(env, std::move(ack));
     else
       local_.send(env, std::move(ack));
   }
 
  private:
-  const Registry& registry_;
+  const Engine& engine_;
   messaging::Transport& local_;
   messaging::Transport* remote_;
 };
@@ -127,7 +127,7 @@ Status Engine::start() {
     faulty_transport_ = std::make_unique<messaging::FaultyTransport>(*local_transport_, *fault_exec_, fo);
     transport_ = faulty_transport_.get();
   }
-  routing_ = std::make_unique<RoutingTransport>(registry_, *transport_, remote_transport_);
+  routing_ = std::make_unique<RoutingTransport>(*this, *transport_, remote_transport_);
   messaging::RelayOptions ro;
   ro.ack_timeout_us = opts_.relay_ack_timeout_ms * 1000;
   ro.backoff_min_us = opts_.relay_backoff_min_ms * 1000;
@@ -335,7 +335,7 @@ void Engine::process(Work& w) {
   if (!w.row_key.empty()) txn.del(Cf::kOutbox, w.row_key);
   if (!w.timer_key.empty()) txn.del(Cf::kTimer, w.timer_key);
   for (auto& out : t.outputs()) {
-    if (opts_.inline_local && registry_.find(out.to.type)) {
+    if (opts_.inline_local && is_local(out.to)) {
       Work next;
       next.env = std::move(out);
       next.inline_msg = true;

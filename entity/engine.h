@@ -57,6 +57,10 @@ class Engine final : public messaging::Inbound {
   // capturing transport in tests). Unset: they are delivered locally and parked as unknown.
   // Call before start(); `t` must outlive the Engine.
   void set_remote_transport(messaging::Transport* t) { remote_transport_ = t; }
+  // In a cluster: whether this node owns the entity (from the partition map), and the
+  // placement schemes of the map. Call before start(); `hosts` must be thread-safe.
+  void set_router(std::function<bool(const EntityRef&)> hosts) { hosts_ = std::move(hosts); }
+  void set_placement(partition::Placement p) { placement_ = std::move(p); }
 
   NodeStats stats() const;
   bool quiescent() const;
@@ -121,6 +125,8 @@ class Engine final : public messaging::Inbound {
   std::unique_ptr<messaging::FaultyTransport> faulty_transport_;
   messaging::Transport* transport_ = nullptr;  // local delivery, possibly through faults
   messaging::Transport* remote_transport_ = nullptr;
+  std::function<bool(const EntityRef&)> hosts_;  // unset: this node hosts every registered type
+  bool is_local(const EntityRef& ref) const { return registry_.find(ref.type) && (!hosts_ || hosts_(ref)); }
   class RoutingTransport;
   std::unique_ptr<RoutingTransport> routing_;
   std::unique_ptr<messaging::Relay> relay_;

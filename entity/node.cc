@@ -64,7 +64,12 @@ void Node::call(const EntityRef& to, uint64_t payload_type, std::string payload,
 }
 
 NodeStats Node::stats() const { return engine_->stats(); }
-bool Node::quiescent() const { return engine_->quiescent(); }
+bool Node::idle() const { return engine_->quiescent(); }
+Result<uint64_t> Node::parked_count() {
+  auto p = engine_->parked();
+  if (!p) return p.status();
+  return static_cast<uint64_t>(p->size());
+}
 Result<std::vector<ParkedMessage>> Node::parked() { return engine_->parked(); }
 Status Node::redrive(const std::string& id) { return engine_->redrive(id); }
 

@@ -176,7 +176,7 @@ void bench_memory(tandem::Env& env, uint64_t entities) {
   }
   while (done < entities) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   double create_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  while (!node.quiescent()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  while (!node.idle()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   std::this_thread::sleep_for(std::chrono::seconds(1));
   double rss = rss_mib();
   uint64_t rows = 0;

@@ -6,7 +6,8 @@
 #include <cstdint>
 #include <string>
 
-#include <tandem/entity/node.h>
+#include <tandem/core/env.h>
+#include <tandem/entity/gateway.h>
 
 namespace reservation {
 
@@ -28,9 +29,10 @@ struct DemoResult {
   std::string invariant;  // "ok" or "FAILED:<what>"
 };
 
-DemoResult run_demo(tandem::entity::Node& node, tandem::Clock& clock, const DemoOptions& opts);
+// Runs against an in-process Node or a cluster Client alike.
+DemoResult run_demo(tandem::entity::Gateway& gw, tandem::Clock& clock, const DemoOptions& opts);
 
 // Reads every item and order back from the store and checks DESIGN section 9's invariant.
-std::string check_invariant(tandem::entity::Node& node, const DemoOptions& opts, DemoResult* counts);
+std::string check_invariant(tandem::entity::Gateway& gw, const DemoOptions& opts, DemoResult* counts);
 
 }  // namespace reservation

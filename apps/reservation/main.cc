@@ -1,12 +1,16 @@
-// tandem-reservation: the reservation demo's node binary. It registers Order and Item and, in
-// `demo` mode, runs the driver against an in-process node.
+// tandem-reservation: the reservation demo's node binary. It registers Order and Item.
+//   node   serve as one node of a cluster (NodeMain)
+//   drive  run the demo driver against a running cluster, over the network
+//   demo   run the driver against an in-process node (one process, no network)
 #include <cstdio>
 #include <filesystem>
 
 #include <tandem/core/env.h>
 #include <tandem/core/flags.h>
 #include <tandem/core/log.h>
+#include <tandem/entity/client.h>
 #include <tandem/entity/node.h>
+#include <tandem/entity/node_main.h>
 
 #include "driver.h"
 #include "entities.h"
@@ -14,7 +18,10 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: tandem-reservation demo [--data DIR] [--fresh] [--orders N] [--items N] [--concurrency N]\n"
+    "usage: tandem-reservation node --config FILE --id N [--log-level LEVEL]\n"
+    "       tandem-reservation drive --config FILE [--orders N] [--items N] [--concurrency N] [--stock N]\n"
+    "                                [--seed N] [--deadline-ms N] [--quiet]\n"
+    "       tandem-reservation demo [--data DIR] [--fresh] [--orders N] [--items N] [--concurrency N]\n"
     "                               [--stock N] [--seed N] [--deadline-ms N] [--durability strict|relaxed]\n"
     "                               [--no-inline] [--duplicate P] [--drop P] [--delay P] [--max-delay-us N]\n"
     "                               [--max-batch N] [--grace-ms N] [--reply-timeout-ms N] [--quiet]\n"
@@ -31,19 +38,26 @@ int fail(const tandem::Status& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) != "demo") {
-    if (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "help")) {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
+  std::string cmd = argc >= 2 ? argv[1] : "";
+  if (cmd == "--help" || cmd == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (cmd == "node") {
+    tandem::entity::NodeMain node(argc, argv, 2);
+    node.add<reservation::Order>();
+    node.add<reservation::Item>();
+    return node.run();
+  }
+  if (cmd != "demo" && cmd != "drive") {
     std::fprintf(stderr, "tandem-reservation: %s\n%s",
-                 argc < 2 ? "missing command" : ("unknown command '" + std::string(argv[1]) + "'").c_str(), kUsage);
+                 cmd.empty() ? "missing command" : ("unknown command '" + cmd + "'").c_str(), kUsage);
     return 2;
   }
   auto flags = tandem::Flags::parse(
       argc, argv, 2,
       {"data", "orders", "items", "concurrency", "stock", "seed", "deadline-ms", "durability", "duplicate", "drop",
-       "delay", "max-delay-us", "max-batch", "log-level", "grace-ms", "reply-timeout-ms"},
+       "delay", "max-delay-us", "max-batch", "log-level", "grace-ms", "reply-timeout-ms", "config"},
       {"fresh", "no-inline", "quiet", "help"});
   if (!flags) return fail(flags.status());
   auto& f = *flags;
@@ -88,6 +102,28 @@ int main(int argc, char** argv) {
   n.faults.max_delay_us = static_cast<int64_t>(*max_delay);
   n.faults.seed = *seed;
   if (n.faults.drop > 0) n.relay_ack_timeout_ms = 200;
+  if (cmd == "drive") {
+    if (!f.has("config")) return fail(tandem::Status::invalid_argument("drive needs --config FILE"));
+    auto env = tandem::make_real_env();
+    tandem::entity::Client::Options co;
+    co.config_path = f.str("config", "");
+    auto client = tandem::entity::Client::connect(co);
+    if (!client) {
+      std::fprintf(stderr, "tandem-reservation: cannot reach the cluster: %s\n", client.status().to_string().c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "reservation demo: %llu orders over %llu items, concurrency %llu, on %zu nodes\n",
+                 static_cast<unsigned long long>(d.orders), static_cast<unsigned long long>(d.items),
+                 static_cast<unsigned long long>(d.concurrency), (*client)->nodes());
+    auto r = reservation::run_demo(**client, env->clock(), d);
+    std::printf(
+        "RESULT demo nodes=%zu orders=%llu confirmed=%llu cancelled=%llu orders_per_s=%.1f p50_ms=%.2f p99_ms=%.2f "
+        "durability=%s invariant=%s retries=%llu\n",
+        (*client)->nodes(), static_cast<unsigned long long>(r.orders), static_cast<unsigned long long>(r.confirmed),
+        static_cast<unsigned long long>(r.cancelled), r.orders_per_s, r.p50_ms, r.p99_ms, (*client)->durability().c_str(),
+        r.invariant.c_str(), static_cast<unsigned long long>(r.retries));
+    return r.invariant == "ok" ? 0 : 1;
+  }
   if (f.has("fresh")) std::filesystem::remove_all(n.data_dir);
 
   auto env = tandem::make_real_env();

@@ -168,7 +168,7 @@ TEST_CASE_FIXTURE(NodeFixture, "escrow: all accepted -> all confirmed; one rejec
   };
   auto stock_of = [&](const std::string& key) {
     int64_t v = -1, held = -1;
-    REQUIRE(tandem::testing::wait_until([&] { return node->quiescent(); }));
+    REQUIRE(tandem::testing::wait_until([&] { return node->idle(); }));
     REQUIRE(node->for_each_state("stock", [&](const std::string& k, tandem::entity::Payload& p) {
       if (k == key) {
         v = p.get<StockState>().getStock();

@@ -20,7 +20,7 @@ TEST_CASE_FIXTURE(NodeFixture, "a client request is applied and answered, and a 
           b.setN(5);
           b.setForwardTo("b");
         })) == 5);
-  REQUIRE(tandem::testing::wait_until([&] { return node->quiescent(); }));
+  REQUIRE(tandem::testing::wait_until([&] { return node->idle(); }));
   CHECK(counter("a") == 5);
   CHECK(counter("b") == 5);
 }
@@ -46,7 +46,7 @@ TEST_CASE_FIXTURE(NodeFixture, "every delivery duplicated 3 times and reordered:
                     });
   }
   REQUIRE(tandem::testing::wait_until([&] { return answered == kN; }, std::chrono::seconds(30)));
-  REQUIRE(tandem::testing::wait_until([&] { return node->quiescent(); }, std::chrono::seconds(30)));
+  REQUIRE(tandem::testing::wait_until([&] { return node->idle(); }, std::chrono::seconds(30)));
   CHECK(counter("a") == kN);
   CHECK(counter("b") == kN);
   auto st = node->stats();

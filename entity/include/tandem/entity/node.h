@@ -14,6 +14,7 @@
 #include <tandem/core/ids.h>
 #include <tandem/core/status.h>
 #include <tandem/entity/entity.h>
+#include <tandem/entity/gateway.h>
 
 namespace tandem::entity {
 
@@ -43,12 +44,6 @@ struct NodeOptions {
   } faults;
 };
 
-struct ClientReply {
-  Status status;  // not ok: the request was refused (bad input, parked, ...)
-  uint64_t payload_type = 0;
-  std::string payload;
-};
-
 struct NodeStats {
   uint64_t applied = 0;        // transitions committed (messages, timers, operations)
   uint64_t duplicates = 0;     // deliveries recognised as already applied
@@ -71,35 +66,34 @@ struct ParkedMessage {
   std::string reason;
 };
 
-class Node {
+class Node final : public Gateway {
  public:
   // `env` and `registry` are borrowed and must outlive the Node.
   Node(Env& env, const Registry& registry, NodeOptions opts);
-  ~Node();
+  ~Node() override;
   // Opens the store, recovers outbox rows and timers, starts processing.
   // kInvalidArgument for bad options; kInternal when the store cannot be opened.
   Status start();
   // Finishes in-flight commits and stops. Idempotent.
   void stop();
 
-  // Sends a client request. `done` runs once, on a runtime thread, with the reply (possibly
-  // a stored reply when `idempotency_key` was used before with the same payload).
+  using Gateway::call;
   void call(const EntityRef& to, uint64_t payload_type, std::string payload, const std::string& client_id,
-            const std::string& idempotency_key, std::function<void(ClientReply)> done);
-  template <class M, class F>
-  void call(const EntityRef& to, const std::string& client_id, const std::string& idempotency_key, F&& fill,
-            std::function<void(ClientReply)> done) {
-    call(to, capnp::typeId<M>(), build<M>(std::forward<F>(fill)), client_id, idempotency_key, std::move(done));
-  }
+            const std::string& idempotency_key, std::function<void(ClientReply)> done) override;
 
   // Admin surface. Reads committed data; thread-safe.
   NodeStats stats() const;
-  Status for_each_state(const std::string& type, const std::function<void(const std::string& key, Payload&)>& fn);
+  Status for_each_state(const std::string& type,
+                        const std::function<void(const std::string& key, Payload&)>& fn) override;
   Result<std::vector<ActivityInfo>> activities(const EntityRef& ref);
   Result<std::vector<ParkedMessage>> parked();
   Status redrive(const std::string& parked_id);
   // True when nothing is queued, committing or waiting for an ack.
-  bool quiescent() const;
+  bool idle() const;
+  Result<bool> quiescent() override { return idle(); }
+  Result<uint64_t> parked_count() override;
+  Result<uint64_t> pending_timers() override { return stats().timers; }
+  size_t nodes() const override { return 1; }
 
  private:
   std::unique_ptr<Engine> engine_;

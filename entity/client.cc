@@ -1,0 +1,266 @@
+#include <tandem/entity/client.h>
+
+#include <future>
+#include <map>
+#include <mutex>
+
+#include <tandem/core/env.h>
+#include <tandem/core/log.h>
+#include <tandem/core/net.h>
+#include <tandem/messaging/session.h>
+#include <tandem/partition/partition_map.h>
+
+#include "rpc.h"
+
+namespace tandem::entity {
+
+using messaging::Session;
+
+struct Client::Impl {
+  Options opts;
+  partition::ClusterConfig config;
+  std::string secret;
+  std::unique_ptr<Env> env = make_real_env();
+  std::unique_ptr<net::Network> net = net::make_real_network();
+  mutable std::mutex mu;
+  partition::PartitionMap map;
+  struct Peer {
+    std::shared_ptr<Session> session;
+    bool connecting = false;
+    std::vector<std::function<void(Result<std::shared_ptr<Session>>)>> waiting;
+  };
+  std::map<uint32_t, Peer> peers;
+
+  ~Impl() {
+    {
+      std::lock_guard lock(mu);
+      for (auto& [id, p] : peers)
+        if (p.session) p.session->close();
+    }
+    net->stop();
+  }
+
+  const partition::NodeInfo* node(uint32_t id) const { return config.node(id); }
+
+  // Runs `fn` with a ready session to `id`, connecting if needed.
+  void with_session(uint32_t id, std::function<void(Result<std::shared_ptr<Session>>)> fn) {
+    std::shared_ptr<Session> s;
+    net::Endpoint addr;
+    {
+      std::lock_guard lock(mu);
+      auto& p = peers[id];
+      if (p.session && !p.session->closed()) {
+        s = p.session;
+      } else {
+        p.waiting.push_back(std::move(fn));
+        if (p.connecting) return;
+        p.connecting = true;
+        auto* n = node(id);
+        if (!n) {
+          auto waiting = std::move(p.waiting);
+          p.connecting = false;
+          for (auto& w : waiting) w(Status::invalid_argument("unknown node id " + std::to_string(id)));
+          return;
+        }
+        addr = n->addr;
+      }
+    }
+    if (s) return fn(s);
+    messaging::SessionOptions o;
+    o.secret = secret;
+    o.role = opts.role;
+    Session::connect(*net, addr, o, {}, [this, id](Result<std::shared_ptr<Session>> r) {
+      std::vector<std::function<void(Result<std::shared_ptr<Session>>)>> waiting;
+      {
+        std::lock_guard lock(mu);
+        auto& p = peers[id];
+        p.connecting = false;
+        if (r) p.session = *r;
+        waiting.swap(p.waiting);
+      }
+      for (auto& w : waiting) w(r);
+    });
+  }
+
+  Result<std::string> request(uint32_t id, const std::string& method, std::string body) {
+    auto p = std::make_shared<std::promise<Result<std::string>>>();
+    auto f = p->get_future();
+    with_session(id, [p, method, body = std::move(body)](Result<std::shared_ptr<Session>> s) mutable {
+      if (!s) return p->set_value(s.status());
+      (*s)->request(method, std::move(body), [p](Status st, std::string b) {
+        if (!st) return p->set_value(st);
+        p->set_value(std::move(b));
+      });
+    });
+    if (f.wait_for(std::chrono::seconds(10)) != std::future_status::ready)
+      return Status::unavailable("node " + std::to_string(id) + " did not answer within 10 s");
+    return f.get();
+  }
+
+  void refresh_map() {
+    for (auto& n : config.nodes) {
+      auto r = request(n.id, "map", "");
+      if (!r) continue;
+      auto m = partition::PartitionMap::decode(*r);
+      if (!m) continue;
+      std::lock_guard lock(mu);
+      if (m->epoch >= map.epoch) map = std::move(*m);
+      return;
+    }
+  }
+
+  struct CallState {
+    rpc::Call call;
+    std::function<void(ClientReply)> done;
+    int attempt = 0;
+    int64_t deadline_us = 0;
+  };
+
+  void attempt(std::shared_ptr<CallState> st) {
+    uint32_t owner = 0;
+    {
+      std::lock_guard lock(mu);
+      auto* p = map.find(st->call.to);
+      if (!p)
+        return st->done(ClientReply{Status::invalid_argument("unknown entity type '" + st->call.to.type + "'"), 0, {}});
+      owner = p->owner;
+    }
+    with_session(owner, [this, st](Result<std::shared_ptr<Session>> s) {
+      if (!s) return retry(st, s.status());
+      (*s)->request("call", st->call.encode(), [this, st](Status status, std::string body) {
+        if (status.code() == Code::kUnavailable) {
+          if (status.message().rfind("moved", 0) == 0)
+            net->after(0, [this] { refresh_map(); });
+          return retry(st, status);
+        }
+        ClientReply r{status, 0, {}};
+        if (status) {
+          auto reply = rpc::Reply::decode(body);
+          if (!reply) {
+            r.status = Status::corruption("malformed reply");
+          } else {
+            r.payload_type = reply->payload_type;
+            r.payload = std::move(reply->payload);
+          }
+        }
+        st->done(std::move(r));
+      });
+    });
+  }
+
+  void retry(std::shared_ptr<CallState> st, const Status& why) {
+    if (env->clock().now_us() > st->deadline_us) return st->done(ClientReply{why, 0, {}});
+    int64_t backoff = std::min<int64_t>(20 << std::min(st->attempt, 5), 500);
+    ++st->attempt;
+    net->after(backoff, [this, st] { attempt(st); });
+  }
+};
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+Result<std::unique_ptr<Client>> Client::connect(const Options& opts) {
+  auto impl = std::make_unique<Impl>();
+  impl->opts = opts;
+  auto config = partition::ClusterConfig::load(opts.config_path);
+  if (!config) return config.status();
+  impl->config = std::move(*config);
+  auto secret = impl->config.read_secret();
+  if (!secret) return secret.status();
+  impl->secret = *secret;
+  Status last = Status::unavailable("no node listed");
+  for (auto& n : impl->config.nodes) {
+    auto r = impl->request(n.id, "map", "");
+    if (!r) {
+      last = Status::unavailable("node " + std::to_string(n.id) + " at " + n.addr.to_string() + ": " + r.status().message());
+      continue;
+    }
+    auto m = partition::PartitionMap::decode(*r);
+    if (!m) return m.status();
+    impl->map = std::move(*m);
+    return std::unique_ptr<Client>(new Client(std::move(impl)));
+  }
+  return last;
+}
+
+void Client::call(const EntityRef& to, uint64_t payload_type, std::string payload, const std::string& client_id,
+                  const std::string& idempotency_key, std::function<void(ClientReply)> done) {
+  if (auto s = validate_ref(to); !s) return done(ClientReply{s, 0, {}});
+  auto st = std::make_shared<Impl::CallState>();
+  st->call = rpc::Call{to, payload_type, std::move(payload), client_id, idempotency_key};
+  st->done = std::move(done);
+  st->deadline_us = impl_->env->clock().now_us() + impl_->opts.call_deadline_ms * 1000;
+  impl_->attempt(std::move(st));
+}
+
+Status Client::for_each_state(const std::string& type, const std::function<void(const std::string&, Payload&)>& fn) {
+  for (auto id : node_ids()) {
+    auto r = impl_->request(id, "scan", type);
+    if (!r) return r.status();
+    auto rows = rpc::decode_list(*r);
+    if (!rows || rows->size() % 2) return Status::corruption("malformed scan answer from node " + std::to_string(id));
+    for (size_t i = 0; i + 1 < rows->size(); i += 2) {
+      Payload p((*rows)[i + 1]);
+      fn((*rows)[i], p);
+    }
+  }
+  return Status::ok();
+}
+
+Result<bool> Client::quiescent() {
+  for (auto id : node_ids()) {
+    auto r = impl_->request(id, "quiescent", "");
+    if (!r) return r.status();
+    if (*r != "1") return false;
+  }
+  return true;
+}
+
+Result<uint64_t> Client::parked_count() {
+  uint64_t n = 0;
+  for (auto id : node_ids()) {
+    auto r = impl_->request(id, "parked", "");
+    if (!r) return r.status();
+    auto l = rpc::decode_list(*r);
+    if (!l) return Status::corruption("malformed parked list");
+    n += l->size() / 5;
+  }
+  return n;
+}
+
+Result<uint64_t> Client::pending_timers() {
+  uint64_t n = 0;
+  for (auto id : node_ids()) {
+    auto r = impl_->request(id, "timers", "");
+    if (!r) return r.status();
+    n += std::stoull(*r);
+  }
+  return n;
+}
+
+size_t Client::nodes() const { return impl_->config.nodes.size(); }
+
+Result<std::string> Client::request(uint32_t node, const std::string& method, std::string body) {
+  return impl_->request(node, method, std::move(body));
+}
+
+std::vector<uint32_t> Client::node_ids() const {
+  std::vector<uint32_t> ids;
+  for (auto& n : impl_->config.nodes) ids.push_back(n.id);
+  return ids;
+}
+
+uint32_t Client::owner_of(const EntityRef& ref) const {
+  std::lock_guard lock(impl_->mu);
+  auto* p = impl_->map.find(ref);
+  return p ? p->owner : 0;
+}
+
+std::string Client::durability() const { return impl_->config.durability; }
+
+std::string Client::map_bytes() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->map.encode();
+}
+
+}  // namespace tandem::entity

@@ -1,0 +1,453 @@
+#include "cluster.h"
+
+#include <condition_variable>
+#include <future>
+#include <sstream>
+#include <thread>
+
+#include <tandem/core/crypto.h>
+#include <tandem/core/key_codec.h>
+#include <tandem/core/log.h>
+
+#include "records.h"
+#include "row_keys.h"
+#include "rpc.h"
+
+namespace tandem::entity {
+
+using messaging::AckFn;
+using messaging::Envelope;
+using messaging::Session;
+
+namespace {
+constexpr std::string_view kMapKey = "partition-map";
+constexpr int64_t kReconnectBackoffMs = 200;
+}  // namespace
+
+// Carries envelopes to the nodes that own their receivers: one session per peer, connected on
+// first use, re-connected (at most every kReconnectBackoffMs) after it drops. A delivery that
+// cannot be made now is acked `unavailable`, and the relay retries it with backoff.
+class ClusterNode::PeerTransport final : public messaging::Transport {
+ public:
+  explicit PeerTransport(ClusterNode& node) : node_(node) {}
+
+  void send(const Envelope& env, AckFn ack) override {
+    uint32_t owner;
+    net::Endpoint addr;
+    {
+      std::lock_guard lock(node_.map_mu_);
+      auto* p = node_.map_.find(env.to);
+      auto* n = p ? node_.map_.node(p->owner) : nullptr;
+      if (!n) return ack(Status::unavailable("no owner for " + env.to.to_string()));
+      owner = n->id;
+      addr = n->addr;
+    }
+    std::shared_ptr<Session> session;
+    {
+      std::lock_guard lock(mu_);
+      auto& peer = peers_[owner];
+      if (peer.session && !peer.session->closed()) {
+        session = peer.session;
+      } else {
+        if (peer.connecting) {
+          peer.waiting.emplace_back(env, std::move(ack));
+          return;
+        }
+        int64_t now = node_.env_.clock().now_us() / 1000;
+        if (now - peer.failed_at_ms < kReconnectBackoffMs) return ack(Status::unavailable("node " + std::to_string(owner) + " unreachable"));
+        peer.connecting = true;
+        peer.waiting.emplace_back(env, std::move(ack));
+        connect(owner, addr);
+        return;
+      }
+    }
+    session->deliver(env, std::move(ack));
+  }
+
+  void close_all() {
+    std::lock_guard lock(mu_);
+    for (auto& [id, p] : peers_)
+      if (p.session) p.session->close();
+  }
+
+ private:
+  struct Peer {
+    std::shared_ptr<Session> session;
+    bool connecting = false;
+    int64_t failed_at_ms = -1'000'000;
+    std::vector<std::pair<Envelope, AckFn>> waiting;
+  };
+
+  void connect(uint32_t owner, const net::Endpoint& addr) {
+    messaging::SessionOptions o;
+    o.secret = node_.secret_;
+    o.role = "node";
+    o.node_id = node_.self_.id;
+    messaging::SessionHandlers h;
+    h.on_close = [this, owner](Status s) {
+      log::warn("node {}: connection to node {} closed: {}", node_.self_.id, owner, s.message());
+    };
+    Session::connect(*node_.net_, addr, o, h, [this, owner](Result<std::shared_ptr<Session>> r) {
+      std::vector<std::pair<Envelope, AckFn>> waiting;
+      std::shared_ptr<Session> s;
+      {
+        std::lock_guard lock(mu_);
+        auto& peer = peers_[owner];
+        peer.connecting = false;
+        waiting.swap(peer.waiting);
+        if (r) {
+          peer.session = s = *r;
+        } else {
+          peer.failed_at_ms = node_.env_.clock().now_us() / 1000;
+        }
+      }
+      if (!r) log::warn("node {}: cannot reach node {}: {}", node_.self_.id, owner, r.status().message());
+      for (auto& [env, ack] : waiting) {
+        if (s)
+          s->deliver(env, std::move(ack));
+        else
+          ack(r.status());
+      }
+    });
+  }
+
+  ClusterNode& node_;
+  std::mutex mu_;
+  std::map<uint32_t, Peer> peers_;
+};
+
+ClusterNode::ClusterNode(Env& env, const Registry& registry, partition::ClusterConfig config, uint32_t node_id,
+                         NodeOptions base)
+    : env_(env), registry_(registry), config_(std::move(config)), opts_(std::move(base)) {
+  if (auto* n = config_.node(node_id)) self_ = *n;
+}
+
+ClusterNode::~ClusterNode() { stop(); }
+
+Status ClusterNode::load_map() {
+  // The store is opened briefly here, before the engine opens it, to read (or, at the
+  // controller, create) the map that routing needs from the first delivery on.
+  auto store = partition::Store::open({opts_.data_dir, partition::Durability::kStrict});
+  if (!store) return store.status();
+  auto cached = (*store)->get(partition::Cf::kMeta, kMapKey);
+  if (!cached) return cached.status();
+  std::optional<partition::PartitionMap> mine;
+  if (cached->has_value()) {
+    auto m = partition::PartitionMap::decode(**cached);
+    if (!m) return m.status();
+    mine = std::move(*m);
+  }
+  uint32_t controller = config_.nodes.front().id;
+  for (auto& n : config_.nodes) controller = std::min(controller, n.id);
+  if (self_.id == controller) {
+    if (!mine) {
+      mine = partition::PartitionMap::initial(config_.nodes, config_.types);
+      partition::WriteBatch b;
+      b.put(partition::Cf::kMeta, kMapKey, mine->encode());
+      TANDEM_TRY((*store)->write(b));
+      log::info("node {}: created the partition map: epoch {}, {} partitions", self_.id, mine->epoch,
+                mine->partitions.size());
+    }
+  } else {
+    // Fetch from the controller; fall back to the cached copy when it is down.
+    auto* c = config_.node(controller);
+    for (int attempt = 0; attempt < 300; ++attempt) {
+      std::promise<Result<std::string>> p;
+      auto f = p.get_future();
+      messaging::SessionOptions o;
+      o.secret = secret_;
+      o.role = "node";
+      o.node_id = self_.id;
+      Session::connect(*net_, c->addr, o, {}, [&p](Result<std::shared_ptr<Session>> s) {
+        if (!s) return p.set_value(s.status());
+        auto session = *s;
+        session->request("map", "", [&p, session](Status st, std::string body) {
+          session->close();
+          if (!st) return p.set_value(st);
+          p.set_value(std::move(body));
+        });
+      });
+      auto r = f.get();
+      if (r) {
+        auto m = partition::PartitionMap::decode(*r);
+        if (!m) return m.status();
+        if (!mine || m->epoch >= mine->epoch) {
+          mine = std::move(*m);
+          partition::WriteBatch b;
+          b.put(partition::Cf::kMeta, kMapKey, mine->encode());
+          TANDEM_TRY((*store)->write(b));
+        }
+        break;
+      }
+      if (mine) {
+        log::warn("node {}: controller {} unreachable ({}); using the cached map at epoch {}", self_.id, controller,
+                  r.status().message(), mine->epoch);
+        break;
+      }
+      if (attempt % 20 == 0)
+        log::info("node {}: waiting for the controller (node {}) to serve the partition map: {}", self_.id, controller,
+                  r.status().message());
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (!mine) return Status::unavailable("no partition map: the controller never answered");
+  }
+  std::lock_guard lock(map_mu_);
+  map_ = std::move(*mine);
+  return Status::ok();
+}
+
+Status ClusterNode::start() {
+  if (self_.id == 0) return Status::invalid_argument("this node id is not in the cluster config");
+  auto secret = config_.read_secret();
+  if (!secret) return secret.status();
+  secret_ = *secret;
+  for (auto& t : config_.types)
+    if (!registry_.find(t.name))
+      return Status::invalid_argument("the config lists entity type '" + t.name + "' that this binary does not register");
+  started_ms_ = env_.clock().wall_ms();
+  if (opts_.data_dir.empty())
+    opts_.data_dir = self_.data_dir.empty() || self_.data_dir[0] == '/' ? self_.data_dir : config_.dir + "/" + self_.data_dir;
+  opts_.durability = config_.durability;
+  net_ = net::make_real_network();
+  TANDEM_TRY(load_map());
+
+  engine_ = std::make_unique<Engine>(env_, registry_, opts_);
+  {
+    std::lock_guard lock(map_mu_);
+    engine_->set_placement(map_.placement());
+  }
+  engine_->set_router([this](const EntityRef& r) { return owns(r); });
+  peers_ = std::make_unique<PeerTransport>(*this);
+  engine_->set_remote_transport(peers_.get());
+  TANDEM_TRY(engine_->start());
+
+  messaging::SessionOptions o;
+  o.secret = secret_;
+  o.node_id = self_.id;
+  auto port = net_->listen(self_.addr, [this, o](std::shared_ptr<net::Connection> c) {
+    Session::accept(*net_, std::move(c), o, [this](const std::shared_ptr<Session>& s) {
+      messaging::SessionHandlers h;
+      std::weak_ptr<Session> weak = s;
+      if (s->peer_role() == "node") {
+        h.on_deliver = [this](Envelope env, AckFn ack) {
+          if (!owns(env.to)) return ack(Status::unavailable(moved_message(env.to)));
+          engine_->deliver(std::move(env), std::move(ack));
+        };
+      }
+      h.on_request = [this, weak](const std::string& m, std::string body, messaging::RespondFn respond) {
+        auto s = weak.lock();
+        if (!s) return;
+        on_request(s, m, std::move(body), std::move(respond));
+      };
+      return h;
+    });
+  });
+  if (!port) return port.status();
+  auto admin = net_->listen(self_.admin, [this](std::shared_ptr<net::Connection> c) { serve_metrics(std::move(c)); });
+  if (!admin) return admin.status();
+  log::info("node {} serving on {} (metrics on http://{}/metrics), data {}, durability {}", self_.id,
+            self_.addr.to_string(), self_.admin.to_string(), opts_.data_dir, opts_.durability);
+  return Status::ok();
+}
+
+void ClusterNode::stop() {
+  if (peers_) peers_->close_all();
+  if (engine_) engine_->stop();
+  if (net_) net_->stop();
+}
+
+bool ClusterNode::owns(const EntityRef& ref) const {
+  std::lock_guard lock(map_mu_);
+  auto* p = map_.find(ref);
+  return !p || p->owner == self_.id;  // a type the map does not know stays here and is parked as unknown
+}
+
+std::string ClusterNode::moved_message(const EntityRef& ref) const {
+  std::lock_guard lock(map_mu_);
+  auto* p = map_.find(ref);
+  return "moved: " + ref.to_string() + " is owned by node " + std::to_string(p ? p->owner : 0) + " at epoch " +
+         std::to_string(map_.epoch);
+}
+
+void ClusterNode::on_request(const std::shared_ptr<Session>& s, const std::string& method, std::string body,
+                             messaging::RespondFn respond) {
+  const bool admin = s->peer_role() == "admin";
+  if (method == "map") {
+    std::lock_guard lock(map_mu_);
+    return respond(Status::ok(), map_.encode());
+  }
+  if (method == "call") {
+    auto c = rpc::Call::decode(body);
+    if (!c) return respond(Status::invalid_argument("malformed call"), {});
+    if (!owns(c->to)) return respond(Status::unavailable(moved_message(c->to)), {});
+    engine_->call(c->to, c->payload_type, std::move(c->payload), c->client_id, c->idempotency_key,
+                  [respond](ClientReply r) { respond(r.status, rpc::Reply{r.payload_type, std::move(r.payload)}.encode()); });
+    return;
+  }
+  if (method == "status") return respond(Status::ok(), status_text());
+  if (method == "quiescent") return respond(Status::ok(), engine_->quiescent() ? "1" : "0");
+  if (method == "timers") return respond(Status::ok(), std::to_string(engine_->stats().timers));
+  if (method == "scan") {
+    // body: type. Every committed state row of that type on this node.
+    std::vector<std::string> out;
+    std::string begin = partition::Placement::type_prefix(body);
+    auto& placement = engine_->placement();
+    auto st = engine_->store().scan(partition::Cf::kState, begin, keys::prefix_successor(begin),
+                                    [&](std::string_view k, std::string_view v) {
+                                      EntityRef ref;
+                                      std::string_view rest;
+                                      if (placement.decode_entity(k, ref, rest) && rest == "s") {
+                                        out.push_back(ref.key);
+                                        out.emplace_back(v);
+                                      }
+                                      return true;
+                                    });
+    if (!st) return respond(st, {});
+    return respond(Status::ok(), rpc::encode_list(out));
+  }
+  if (method == "parked") {
+    auto p = engine_->parked();
+    if (!p) return respond(p.status(), {});
+    std::vector<std::string> out;
+    for (auto& m : *p) {
+      out.push_back(m.id);
+      out.push_back(m.to.to_string());
+      out.push_back(m.from.to_string());
+      out.push_back(m.kind);
+      out.push_back(m.reason);
+    }
+    return respond(Status::ok(), rpc::encode_list(out));
+  }
+  if (method == "redrive") {
+    if (!admin) return respond(Status::invalid_argument("redrive needs an admin connection"), {});
+    return respond(engine_->redrive(body), {});
+  }
+  if (method == "inspect") {
+    // body: type \0 key. Answers text lines: state, activities, operations, pending outbox rows.
+    auto nul = body.find('\0');
+    if (nul == std::string::npos) return respond(Status::invalid_argument("inspect needs TYPE and KEY"), {});
+    EntityRef ref{body.substr(0, nul), body.substr(nul + 1)};
+    if (auto v = validate_ref(ref); !v) return respond(v, {});
+    if (!owns(ref)) return respond(Status::unavailable(moved_message(ref)), {});
+    std::ostringstream out;
+    std::string prefix = engine_->placement().entity_prefix(ref);
+    auto state = engine_->store().get(partition::Cf::kState, rows::state(prefix));
+    if (!state) return respond(state.status(), {});
+    out << "entity " << ref.to_string() << " on node " << self_.id << "\n";
+    out << "state " << (state->has_value() ? std::to_string((*state)->size()) + " bytes" : "none") << "\n";
+    // Activities (dedup records and operations).
+    std::string ap = prefix + 'p';
+    auto st = engine_->store().scan(partition::Cf::kActivity, ap, keys::prefix_successor(ap),
+                                    [&](std::string_view k, std::string_view v) {
+                                      keys::Reader r(k.substr(ap.size()));
+                                      auto t = r.bytes();
+                                      auto key = r.bytes();
+                                      auto tag = r.u8();
+                                      if (!t || !key || !tag) return true;
+                                      std::string partner = EntityRef{*t, *key}.to_string();
+                                      if (*tag == 'd') {
+                                        if (auto d = messaging::Dedup::decode(v))
+                                          out << "activity " << partner << " applied<=" << d->watermark() << " +"
+                                              << d->above_count() << " sent=" << d->last_out_seq() << "\n";
+                                      } else if (*tag == 'o') {
+                                        auto id = r.u64();
+                                        auto op = ProviderOp::decode(v);
+                                        if (id && op)
+                                          out << "operation " << partner << " #" << *id << " provider "
+                                              << op_status_name(op->status) << "\n";
+                                      } else if (*tag == 'q') {
+                                        auto id = r.u64();
+                                        if (id) out << "operation " << partner << " #" << *id << " requester\n";
+                                      } else if (*tag == 'r') {
+                                        out << "client-reply " << partner << "\n";
+                                      }
+                                      return true;
+                                    });
+    if (!st) return respond(st, {});
+    st = engine_->store().scan(partition::Cf::kOutbox, prefix, keys::prefix_successor(prefix),
+                               [&](std::string_view, std::string_view v) {
+                                 if (auto e = messaging::decode_envelope(v))
+                                   out << "outbox " << messaging::kind_name(e->kind) << " to " << e->to.to_string()
+                                       << " seq " << e->seq << "\n";
+                                 return true;
+                               });
+    if (!st) return respond(st, {});
+    return respond(Status::ok(), out.str());
+  }
+  respond(Status::invalid_argument("unknown request '" + method + "'"), {});
+}
+
+std::string ClusterNode::status_text() {
+  auto s = engine_->stats();
+  size_t owned = 0, total = 0;
+  uint64_t epoch;
+  {
+    std::lock_guard lock(map_mu_);
+    epoch = map_.epoch;
+    total = map_.partitions.size();
+    for (auto& p : map_.partitions) owned += p.owner == self_.id;
+  }
+  std::ostringstream out;
+  out << "node " << self_.id << "\n"
+      << "address " << self_.addr.to_string() << "\n"
+      << "epoch " << epoch << "\n"
+      << "partitions " << owned << "\n"
+      << "partitions_total " << total << "\n"
+      << "outbox_depth " << s.outbox_depth << "\n"
+      << "ready " << s.ready << "\n"
+      << "timers " << s.timers << "\n"
+      << "applied " << s.applied << "\n"
+      << "duplicates " << s.duplicates << "\n"
+      << "parked " << s.parked << "\n"
+      << "commits " << s.commits << "\n"
+      << "uptime_s " << (env_.clock().wall_ms() - started_ms_) / 1000 << "\n";
+  return out.str();
+}
+
+std::string ClusterNode::metrics_text() {
+  auto s = engine_->stats();
+  std::ostringstream out;
+  auto metric = [&](const char* name, const char* type, const char* help, double v) {
+    out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n"
+        << name << "{node=\"" << self_.id << "\"} " << v << "\n";
+  };
+  metric("tandem_messages_applied_total", "counter", "Transitions committed.", static_cast<double>(s.applied));
+  metric("tandem_duplicates_dropped_total", "counter", "Deliveries recognised as already applied.",
+         static_cast<double>(s.duplicates));
+  metric("tandem_parked_total", "counter", "Messages parked since start.", static_cast<double>(s.parked));
+  metric("tandem_handler_failures_total", "counter", "Handler failures (retried or parked).",
+         static_cast<double>(s.failures));
+  metric("tandem_commits_total", "counter", "Group commits.", static_cast<double>(s.commits));
+  metric("tandem_commit_latency_ms_avg", "gauge", "Average group commit latency.", s.commit_ms_avg);
+  metric("tandem_outbox_depth", "gauge", "Outbox rows not yet acknowledged.", static_cast<double>(s.outbox_depth));
+  metric("tandem_relay_retries_total", "counter", "Outbox deliveries retried.", static_cast<double>(s.relay_retries));
+  metric("tandem_ready_messages", "gauge", "Messages queued for processing.", static_cast<double>(s.ready));
+  metric("tandem_timers_pending", "gauge", "Durable timers pending.", static_cast<double>(s.timers));
+  return out.str();
+}
+
+void ClusterNode::serve_metrics(std::shared_ptr<net::Connection> c) {
+  auto buf = std::make_shared<std::string>();
+  std::weak_ptr<net::Connection> weak = c;
+  c->start(
+      [this, buf, weak](std::string_view bytes) {
+        auto conn = weak.lock();
+        if (!conn) return;
+        buf->append(bytes);
+        if (buf->size() > 8192) return conn->close();
+        if (buf->find("\r\n\r\n") == std::string::npos) return;
+        std::string body, status = "200 OK";
+        if (buf->rfind("GET /metrics", 0) == 0) {
+          body = metrics_text();
+        } else {
+          status = "404 Not Found";
+          body = "try GET /metrics\n";
+        }
+        conn->send("HTTP/1.0 " + status + "\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: " +
+                   std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
+        conn->close();
+      },
+      [c](Status) {});
+}
+
+}  // namespace tandem::entity

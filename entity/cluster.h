@@ -1,0 +1,64 @@
+// ClusterNode: one node of a multi-node cluster. Wraps the Engine with the partition map,
+// the authenticated TCP transport to the other nodes, the request handlers for clients and
+// tandemctl, and the Prometheus metrics endpoint.
+//
+// The partition map lives with the controller (the node with the lowest id) in its `meta`
+// column family (the `embedded` metadata store); the other nodes fetch it from the controller
+// at start and keep a copy in their own `meta`. An envelope or client call for an entity this
+// node does not own is answered `unavailable: moved owner=N epoch=E`, and the sender re-routes.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <tandem/core/env.h>
+#include <tandem/core/net.h>
+#include <tandem/entity/entity.h>
+#include <tandem/entity/node.h>
+#include <tandem/messaging/session.h>
+#include <tandem/partition/partition_map.h>
+
+#include "engine.h"
+
+namespace tandem::entity {
+
+class ClusterNode {
+ public:
+  // `env` and `registry` are borrowed and must outlive this object.
+  ClusterNode(Env& env, const Registry& registry, partition::ClusterConfig config, uint32_t node_id,
+              NodeOptions base);
+  ~ClusterNode();
+  // Loads or fetches the partition map, opens the store, starts serving.
+  Status start();
+  void stop();
+  const partition::NodeInfo& self() const { return self_; }
+
+ private:
+  class PeerTransport;
+  Status load_map();
+  bool owns(const EntityRef& ref) const;
+  std::string moved_message(const EntityRef& ref) const;
+  void on_request(const std::shared_ptr<messaging::Session>& s, const std::string& method, std::string body,
+                  messaging::RespondFn respond);
+  std::string status_text();
+  std::string metrics_text();
+  void serve_metrics(std::shared_ptr<net::Connection> c);
+
+  Env& env_;
+  const Registry& registry_;
+  partition::ClusterConfig config_;
+  partition::NodeInfo self_;
+  NodeOptions opts_;
+  std::string secret_;
+  mutable std::mutex map_mu_;
+  partition::PartitionMap map_;
+  std::unique_ptr<net::Network> net_;
+  std::unique_ptr<PeerTransport> peers_;
+  std::unique_ptr<Engine> engine_;
+  int64_t started_ms_ = 0;
+};
+
+}  // namespace tandem::entity

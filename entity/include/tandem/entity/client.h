@@ -1,0 +1,54 @@
+// Client: an external client of a Tandem cluster over the network. It fetches the partition
+// map, sends each call to the node that owns the entity, and retries (same idempotency key)
+// when the node is unreachable or the entity has moved, until the call's deadline.
+// Thread-safe; callbacks run on the client's network thread.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <tandem/entity/gateway.h>
+
+namespace tandem::entity {
+
+class Client final : public Gateway {
+ public:
+  struct Options {
+    std::string config_path;       // the cluster config: node addresses and the secret file
+    std::string role = "client";   // "admin" for tandemctl
+    int64_t call_deadline_ms = 120'000;
+  };
+  // Connects to the first reachable node and fetches the partition map.
+  // kInvalidArgument for a bad config or a wrong secret; kUnavailable when no node answers.
+  static Result<std::unique_ptr<Client>> connect(const Options& opts);
+  ~Client() override;
+
+  using Gateway::call;
+  void call(const EntityRef& to, uint64_t payload_type, std::string payload, const std::string& client_id,
+            const std::string& idempotency_key, std::function<void(ClientReply)> done) override;
+  Status for_each_state(const std::string& type,
+                        const std::function<void(const std::string& key, Payload&)>& fn) override;
+  Result<bool> quiescent() override;
+  Result<uint64_t> parked_count() override;
+  Result<uint64_t> pending_timers() override;
+  size_t nodes() const override;
+
+  // One request to one node (tandemctl). Blocks up to 10 s.
+  Result<std::string> request(uint32_t node, const std::string& method, std::string body);
+  std::vector<uint32_t> node_ids() const;
+  // The node that owns `ref` per the current map (0 for an unknown type).
+  uint32_t owner_of(const EntityRef& ref) const;
+  // The encoded partition map (partition::PartitionMap::decode reads it).
+  std::string map_bytes() const;
+  // The cluster's durability setting, from its config.
+  std::string durability() const;
+
+  struct Impl;
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tandem::entity

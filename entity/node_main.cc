@@ -1,0 +1,68 @@
+#include <tandem/entity/node_main.h>
+
+#include <csignal>
+#include <cstdio>
+
+#include <tandem/core/flags.h>
+#include <tandem/core/log.h>
+
+#include "cluster.h"
+
+namespace tandem::entity {
+
+namespace {
+constexpr const char* kUsage =
+    "node flags: --config FILE --id N [--log-level trace|debug|info|warn|error] [--max-batch N]\n";
+}
+
+int NodeMain::run() {
+  auto f = Flags::parse(argc_, argv_, first_, {"config", "id", "log-level", "max-batch"}, {});
+  if (!f) {
+    std::fprintf(stderr, "%s\n%s", f.status().to_string().c_str(), kUsage);
+    return 2;
+  }
+  if (!f->positional().empty()) {
+    std::fprintf(stderr, "unexpected argument '%s'\n%s", f->positional()[0].c_str(), kUsage);
+    return 2;
+  }
+  auto id = f->u64("id", 0);
+  auto max_batch = f->u64("max-batch", 2048);
+  if (!id || !max_batch || *id == 0 || !f->has("config")) {
+    std::fprintf(stderr, "%s\n%s", !id ? id.status().to_string().c_str() : "--config and --id are required", kUsage);
+    return 2;
+  }
+  log::set_level(f->str("log-level", "info"));
+  spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ node " + std::to_string(*id) + ": %v");
+  auto config = partition::ClusterConfig::load(f->str("config", ""));
+  if (!config) {
+    log::error("{}", config.status().to_string());
+    return 1;
+  }
+  if (!config->node(static_cast<uint32_t>(*id))) {
+    log::error("node id {} is not in {}", *id, f->str("config", ""));
+    return 1;
+  }
+  // Signals are taken by sigwait below; block them before any thread starts.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  auto env = make_real_env();
+  NodeOptions opts;
+  opts.max_batch = *max_batch;
+  ClusterNode node(*env, registry_, std::move(*config), static_cast<uint32_t>(*id), opts);
+  if (auto s = node.start(); !s) {
+    log::error("cannot start: {}", s.to_string());
+    return 1;
+  }
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  log::info("signal {}: stopping", sig);
+  node.stop();
+  log::info("stopped");
+  return 0;
+}
+
+}  // namespace tandem::entity

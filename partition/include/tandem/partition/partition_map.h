@@ -1,0 +1,72 @@
+// The partition map: which node owns which partition of each entity type, versioned by a
+// cluster-wide epoch; and the cluster config it is first built from. Knows nothing of messages.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <tandem/core/ids.h>
+#include <tandem/core/net.h>
+#include <tandem/core/status.h>
+#include <tandem/partition/placement.h>
+
+namespace tandem::partition {
+
+struct NodeInfo {
+  uint32_t id = 0;
+  net::Endpoint addr;    // node-to-node, client and admin protocol
+  net::Endpoint admin;   // HTTP: Prometheus metrics
+  std::string data_dir;  // relative paths are relative to the config file's folder
+};
+
+struct TypeSpec {
+  std::string name;
+  TypeScheme scheme;
+  uint32_t partitions = 0;              // hash: how many partitions the slots are grouped into
+  std::vector<std::string> split_keys;  // range: partition boundaries, sorted
+};
+
+struct PartitionInfo {
+  uint32_t id = 0;
+  std::string type;
+  uint16_t slot_begin = 0, slot_end = 0;  // hash: slots [begin, end)
+  std::string key_begin, key_end;         // range: keys [begin, end); an empty end is unbounded
+  uint32_t owner = 0;
+};
+
+class PartitionMap {
+ public:
+  uint64_t epoch = 0;
+  std::vector<NodeInfo> nodes;
+  std::vector<TypeSpec> types;
+  std::vector<PartitionInfo> partitions;
+
+  // Spreads every type's partitions over the nodes round-robin, at epoch 1.
+  static PartitionMap initial(std::vector<NodeInfo> nodes, std::vector<TypeSpec> types);
+  // The partition that holds `ref`; nullptr for a type the map does not know.
+  const PartitionInfo* find(const EntityRef& ref) const;
+  const NodeInfo* node(uint32_t id) const;
+  const TypeSpec* type(std::string_view name) const;
+  Placement placement() const;
+
+  std::string encode() const;
+  static Result<PartitionMap> decode(std::string_view bytes);
+};
+
+struct ClusterConfig {
+  std::string dir;  // the folder of the config file
+  std::string secret_file;
+  std::string durability = "strict";
+  std::vector<NodeInfo> nodes;
+  std::vector<TypeSpec> types;
+
+  // Reads the line-based config format (docs/cluster_config.md). kInvalidArgument names the
+  // line and what is wrong with it.
+  static Result<ClusterConfig> load(const std::string& path);
+  static Result<ClusterConfig> parse(std::string_view text, const std::string& dir);
+  Result<std::string> read_secret() const;
+  const NodeInfo* node(uint32_t id) const;
+};
+
+}  // namespace tandem::partition

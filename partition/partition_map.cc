@@ -1,0 +1,286 @@
+#include <tandem/partition/partition_map.h>
+
+#include <algorithm>
+#include <charconv>
+#include <fstream>
+#include <sstream>
+
+#include <tandem/core/bytes.h>
+
+namespace tandem::partition {
+
+namespace {
+constexpr uint8_t kMapV1 = 1;
+
+void put_endpoint(ByteWriter& w, const net::Endpoint& e) { w.bytes(e.host).varint(e.port); }
+bool get_endpoint(ByteReader& r, net::Endpoint& e) {
+  auto h = r.bytes();
+  auto p = r.varint();
+  if (!h || !p || *p > 65535) return false;
+  e.host = *h;
+  e.port = static_cast<uint16_t>(*p);
+  return true;
+}
+}  // namespace
+
+PartitionMap PartitionMap::initial(std::vector<NodeInfo> nodes, std::vector<TypeSpec> types) {
+  PartitionMap m;
+  m.epoch = 1;
+  m.nodes = std::move(nodes);
+  m.types = std::move(types);
+  uint32_t next_id = 1;
+  size_t rr = 0;
+  for (auto& t : m.types) {
+    if (t.scheme.kind == TypeScheme::Kind::kHash) {
+      uint32_t n = std::clamp<uint32_t>(t.partitions ? t.partitions : static_cast<uint32_t>(m.nodes.size()), 1,
+                                        t.scheme.slots);
+      for (uint32_t i = 0; i < n; ++i) {
+        PartitionInfo p;
+        p.id = next_id++;
+        p.type = t.name;
+        p.slot_begin = static_cast<uint16_t>(uint64_t{t.scheme.slots} * i / n);
+        p.slot_end = static_cast<uint16_t>(uint64_t{t.scheme.slots} * (i + 1) / n);
+        p.owner = m.nodes[rr++ % m.nodes.size()].id;
+        m.partitions.push_back(p);
+      }
+    } else {
+      std::string begin;
+      for (size_t i = 0; i <= t.split_keys.size(); ++i) {
+        PartitionInfo p;
+        p.id = next_id++;
+        p.type = t.name;
+        p.key_begin = begin;
+        p.key_end = i < t.split_keys.size() ? t.split_keys[i] : "";
+        begin = p.key_end;
+        p.owner = m.nodes[rr++ % m.nodes.size()].id;
+        m.partitions.push_back(p);
+      }
+    }
+  }
+  return m;
+}
+
+const TypeSpec* PartitionMap::type(std::string_view name) const {
+  for (auto& t : types)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+const NodeInfo* PartitionMap::node(uint32_t id) const {
+  for (auto& n : nodes)
+    if (n.id == id) return &n;
+  return nullptr;
+}
+
+Placement PartitionMap::placement() const {
+  Placement p;
+  for (auto& t : types) p.set_scheme(t.name, t.scheme);
+  return p;
+}
+
+const PartitionInfo* PartitionMap::find(const EntityRef& ref) const {
+  auto* t = type(ref.type);
+  if (!t) return nullptr;
+  uint16_t slot = 0;
+  if (t->scheme.kind == TypeScheme::Kind::kHash) slot = placement().slot_of(ref.type, ref.key);
+  for (auto& p : partitions) {
+    if (p.type != ref.type) continue;
+    if (t->scheme.kind == TypeScheme::Kind::kHash) {
+      if (slot >= p.slot_begin && slot < p.slot_end) return &p;
+    } else if (ref.key >= p.key_begin && (p.key_end.empty() || ref.key < p.key_end)) {
+      return &p;
+    }
+  }
+  return nullptr;
+}
+
+std::string PartitionMap::encode() const {
+  ByteWriter w;
+  w.u8(kMapV1).varint(epoch).varint(nodes.size());
+  for (auto& n : nodes) {
+    w.varint(n.id);
+    put_endpoint(w, n.addr);
+    put_endpoint(w, n.admin);
+    w.bytes(n.data_dir);
+  }
+  w.varint(types.size());
+  for (auto& t : types) {
+    w.bytes(t.name).u8(static_cast<uint8_t>(t.scheme.kind)).varint(t.scheme.slots).varint(t.partitions);
+    w.varint(t.split_keys.size());
+    for (auto& k : t.split_keys) w.bytes(k);
+  }
+  w.varint(partitions.size());
+  for (auto& p : partitions)
+    w.varint(p.id).bytes(p.type).varint(p.slot_begin).varint(p.slot_end).bytes(p.key_begin).bytes(p.key_end).varint(p.owner);
+  return w.take();
+}
+
+Result<PartitionMap> PartitionMap::decode(std::string_view bytes) {
+  ByteReader r(bytes);
+  PartitionMap m;
+  auto bad = [] { return Status::corruption("partition map does not decode"); };
+  auto v = r.u8();
+  auto e = r.varint();
+  auto nn = r.varint();
+  if (!v || *v != kMapV1 || !e || !nn || *nn > 10'000) return bad();
+  m.epoch = *e;
+  for (uint64_t i = 0; i < *nn; ++i) {
+    NodeInfo n;
+    auto id = r.varint();
+    if (!id || !get_endpoint(r, n.addr) || !get_endpoint(r, n.admin)) return bad();
+    auto d = r.bytes();
+    if (!d) return bad();
+    n.id = static_cast<uint32_t>(*id);
+    n.data_dir = *d;
+    m.nodes.push_back(n);
+  }
+  auto nt = r.varint();
+  if (!nt || *nt > 10'000) return bad();
+  for (uint64_t i = 0; i < *nt; ++i) {
+    TypeSpec t;
+    auto name = r.bytes();
+    auto kind = r.u8();
+    auto slots = r.varint();
+    auto parts = r.varint();
+    auto ns = r.varint();
+    if (!name || !kind || !slots || !parts || !ns || *ns > 100'000) return bad();
+    t.name = *name;
+    t.scheme.kind = *kind ? TypeScheme::Kind::kRange : TypeScheme::Kind::kHash;
+    t.scheme.slots = static_cast<uint16_t>(*slots);
+    t.partitions = static_cast<uint32_t>(*parts);
+    for (uint64_t k = 0; k < *ns; ++k) {
+      auto key = r.bytes();
+      if (!key) return bad();
+      t.split_keys.push_back(*key);
+    }
+    m.types.push_back(t);
+  }
+  auto np = r.varint();
+  if (!np || *np > 1'000'000) return bad();
+  for (uint64_t i = 0; i < *np; ++i) {
+    PartitionInfo p;
+    auto id = r.varint();
+    auto type = r.bytes();
+    auto sb = r.varint();
+    auto se = r.varint();
+    auto kb = r.bytes();
+    auto ke = r.bytes();
+    auto owner = r.varint();
+    if (!id || !type || !sb || !se || !kb || !ke || !owner) return bad();
+    p.id = static_cast<uint32_t>(*id);
+    p.type = *type;
+    p.slot_begin = static_cast<uint16_t>(*sb);
+    p.slot_end = static_cast<uint16_t>(*se);
+    p.key_begin = *kb;
+    p.key_end = *ke;
+    p.owner = static_cast<uint32_t>(*owner);
+    m.partitions.push_back(p);
+  }
+  return m;
+}
+
+// ---- config ----
+
+const NodeInfo* ClusterConfig::node(uint32_t id) const {
+  for (auto& n : nodes)
+    if (n.id == id) return &n;
+  return nullptr;
+}
+
+Result<ClusterConfig> ClusterConfig::load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status::invalid_argument("cannot read cluster config " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto slash = path.rfind('/');
+  return parse(ss.str(), slash == std::string::npos ? "." : path.substr(0, slash));
+}
+
+Result<std::string> ClusterConfig::read_secret() const {
+  std::string p = secret_file.empty() || secret_file[0] == '/' ? secret_file : dir + "/" + secret_file;
+  std::ifstream in(p);
+  if (!in) return Status::invalid_argument("cannot read the cluster secret file '" + p + "'");
+  std::string s;
+  std::getline(in, s);
+  if (s.size() < 16) return Status::invalid_argument("the cluster secret in '" + p + "' is shorter than 16 characters");
+  return s;
+}
+
+Result<ClusterConfig> ClusterConfig::parse(std::string_view text, const std::string& dir) {
+  ClusterConfig c;
+  c.dir = dir;
+  std::istringstream in{std::string(text)};
+  std::string line;
+  int lineno = 0;
+  auto err = [&](const std::string& what) {
+    return Status::invalid_argument("cluster config line " + std::to_string(lineno) + ": " + what);
+  };
+  auto number = [](const std::string& s, uint64_t& out) {
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+    return ec == std::errc() && p == s.data() + s.size();
+  };
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
+    std::istringstream ws(line);
+    std::vector<std::string> w;
+    for (std::string t; ws >> t;) w.push_back(t);
+    if (w.empty()) continue;
+    if (w[0] == "secret-file" && w.size() == 2) {
+      c.secret_file = w[1];
+    } else if (w[0] == "durability" && w.size() == 2) {
+      if (w[1] != "strict" && w[1] != "relaxed") return err("durability must be strict or relaxed");
+      c.durability = w[1];
+    } else if (w[0] == "node") {
+      // node <id> <host:port> admin <host:port> data <dir>
+      if (w.size() != 7 || w[3] != "admin" || w[5] != "data") return err("expected: node <id> <host:port> admin <host:port> data <dir>");
+      uint64_t id;
+      if (!number(w[1], id) || id == 0 || id > 1'000'000) return err("node id must be a positive integer");
+      auto addr = net::Endpoint::parse(w[2]);
+      auto admin = net::Endpoint::parse(w[4]);
+      if (!addr) return err(addr.status().message());
+      if (!admin) return err(admin.status().message());
+      if (c.node(static_cast<uint32_t>(id))) return err("node " + w[1] + " is listed twice");
+      c.nodes.push_back({static_cast<uint32_t>(id), *addr, *admin, w[6]});
+    } else if (w[0] == "type" && w.size() >= 3) {
+      // type <name> hash [slots=N] [partitions=N]  |  type <name> range [splits=k1,k2,...]
+      TypeSpec t;
+      t.name = w[1];
+      if (auto s = validate_ref({t.name, ""}); !s) return err(s.message());
+      if (w[2] == "hash") {
+        t.scheme.kind = TypeScheme::Kind::kHash;
+      } else if (w[2] == "range") {
+        t.scheme.kind = TypeScheme::Kind::kRange;
+        t.scheme.slots = 0;
+      } else {
+        return err("a type's scheme is hash or range, not '" + w[2] + "'");
+      }
+      for (size_t i = 3; i < w.size(); ++i) {
+        auto eq = w[i].find('=');
+        std::string k = w[i].substr(0, eq), v = eq == std::string::npos ? "" : w[i].substr(eq + 1);
+        uint64_t n = 0;
+        if (k == "slots" && t.scheme.kind == TypeScheme::Kind::kHash && number(v, n) && n >= 1 && n <= 65535) {
+          t.scheme.slots = static_cast<uint16_t>(n);
+        } else if (k == "partitions" && number(v, n) && n >= 1 && n <= 65535) {
+          t.partitions = static_cast<uint32_t>(n);
+        } else if (k == "splits" && t.scheme.kind == TypeScheme::Kind::kRange && !v.empty()) {
+          std::istringstream ks(v);
+          for (std::string key; std::getline(ks, key, ',');) t.split_keys.push_back(key);
+          if (!std::is_sorted(t.split_keys.begin(), t.split_keys.end()) ||
+              std::adjacent_find(t.split_keys.begin(), t.split_keys.end()) != t.split_keys.end())
+            return err("split keys must be sorted and distinct");
+        } else {
+          return err("unknown or malformed type option '" + w[i] + "'");
+        }
+      }
+      c.types.push_back(t);
+    } else {
+      return err("unknown setting '" + w[0] + "'");
+    }
+  }
+  if (c.nodes.empty()) return Status::invalid_argument("cluster config lists no nodes");
+  if (c.secret_file.empty()) return Status::invalid_argument("cluster config names no secret-file");
+  return c;
+}
+
+}  // namespace tandem::partition
