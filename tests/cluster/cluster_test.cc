@@ -1,0 +1,235 @@
+// A 3-node cluster of real processes on loopback, started by tools/tandem-cluster: the demo
+// under kill -9, the launcher's commands, bad input at a node's port, and tandemctl.
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <future>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <tandem/core/env.h>
+#include <tandem/core/net.h>
+#include <tandem/messaging/session.h>
+
+#include "test_util.h"
+
+namespace {
+
+struct Out {
+  int code = -1;
+  std::string text;
+};
+
+// Runs a shell command line, capturing stdout and stderr.
+Out sh(const std::string& cmd) {
+  Out o;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) o.text.append(buf, n);
+  int st = pclose(p);
+  o.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return o;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct Cluster {
+  tandem::testing::TempDir dir{"cluster"};
+  int base = 0;
+  std::string env;
+  std::string ctl;
+  std::string conf;
+
+  explicit Cluster(int nodes = 3) {
+    std::random_device rd;
+    base = 20000 + static_cast<int>(rd() % 200) * 200;
+    env = "TANDEM_CLUSTER_DIR=" + dir.sub("c") + " ";
+    conf = dir.sub("c") + "/cluster.conf";
+    ctl = std::string(TANDEMCTL_BIN) + " --config " + conf + " ";
+    auto up = launcher("up --nodes " + std::to_string(nodes) + " --durability relaxed --binary " +
+                       TANDEM_RESERVATION_BIN + " --base-port " + std::to_string(base));
+    INFO(up.text);
+    REQUIRE(up.code == 0);
+  }
+  ~Cluster() { launcher("down"); }
+  Out launcher(const std::string& args) { return sh(env + TANDEM_CLUSTER_SCRIPT + " " + args); }
+  int port(int node) const { return base + node; }
+  std::string secret() { return read_file(dir.sub("c") + "/secret"); }
+};
+
+void check_demo_ok(const Out& r) {
+  INFO(r.text.substr(r.text.size() > 3000 ? r.text.size() - 3000 : 0));
+  CHECK(r.code == 0);
+  CHECK(r.text.find("RESULT demo nodes=3 ") != std::string::npos);
+  CHECK(r.text.find("invariant=ok") != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("the demo runs on a 3-node cluster and the invariant holds") {
+  Cluster c;
+  auto r = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 2000 --items 200");
+  check_demo_ok(r);
+  auto st = sh(c.ctl + "--json status");
+  CHECK(st.code == 0);
+  CHECK(st.text.find("\"outbox_depth\":0") != std::string::npos);
+}
+
+TEST_CASE("the demo on 3 nodes survives kill -9 of a random node every 1-2 s (>= 5 kills)") {
+  Cluster c;
+  auto drive = std::async(std::launch::async, [&] {
+    return sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf +
+              " --orders 12000 --items 300 --concurrency 64");
+  });
+  std::mt19937 rnd(std::random_device{}());
+  int kills = 0;
+  for (int i = 0; i < 6; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(700 + rnd() % 800));
+    int n = 1 + static_cast<int>(rnd() % 3);
+    auto k = c.launcher("kill " + std::to_string(n));
+    if (k.code == 0) ++kills;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    auto r = c.launcher("restart " + std::to_string(n));
+    INFO(r.text);
+    CHECK(r.code == 0);
+  }
+  CHECK(kills >= 5);
+  auto r = drive.get();
+  check_demo_ok(r);
+  auto st = sh(c.ctl + "status");
+  INFO(st.text);
+  CHECK(st.code == 0);
+  auto parked = sh(c.ctl + "parked");
+  CHECK(parked.text.find("no parked messages") != std::string::npos);
+}
+
+TEST_CASE("launcher: status, kill, restart and down, and its mistakes") {
+  Cluster c;
+  auto st = c.launcher("status");
+  CHECK(st.text.find("node 3") != std::string::npos);
+  CHECK(c.launcher("kill 2").code == 0);
+  CHECK(c.launcher("status").text.find("node 2  127.0.0.1:" + std::to_string(c.port(2)) + "  stopped") != std::string::npos);
+  auto again = c.launcher("kill 2");
+  CHECK(again.code != 0);
+  CHECK(again.text.find("node 2 is not running") != std::string::npos);
+  CHECK(c.launcher("restart 2").code == 0);
+  CHECK(c.launcher("status").text.find("stopped") == std::string::npos);
+  auto bad = c.launcher("kill 9");
+  CHECK(bad.code != 0);
+  CHECK(bad.text.find("no node 9") != std::string::npos);
+  auto typo = c.launcher("stauts");
+  CHECK(typo.code == 2);
+  CHECK(typo.text.find("unknown command 'stauts'") != std::string::npos);
+  auto twice = c.launcher("up --nodes 3 --binary " + std::string(TANDEM_RESERVATION_BIN) + " --base-port " + std::to_string(c.base));
+  CHECK(twice.code != 0);
+  CHECK(twice.text.find("already running") != std::string::npos);
+  CHECK(c.launcher("down").code == 0);
+  CHECK(c.launcher("status").text.find("running") == std::string::npos);
+}
+
+TEST_CASE("bad input at a node port (wrong secret, garbage, oversized and truncated frames) leaves the node serving") {
+  Cluster c;
+  auto net = tandem::net::make_real_network();
+  tandem::messaging::SessionOptions wrong;
+  wrong.secret = "not-the-secret-at-all";
+  wrong.role = "node";
+  std::promise<tandem::Status> p;
+  tandem::messaging::Session::connect(*net, {"127.0.0.1", static_cast<uint16_t>(c.port(1))}, wrong, {},
+                                      [&](tandem::Result<std::shared_ptr<tandem::messaging::Session>> r) {
+                                        p.set_value(r.status());
+                                      });
+  CHECK_FALSE(p.get_future().get().is_ok());
+  for (std::string junk : {std::string("\x7F\xFF\xFF\xFF", 4), std::string("\x00\x00\x00\x40garbage", 11),
+                           std::string("GET / HTTP/1.1\r\n\r\n"), std::string("\x00\x00\x00\x08", 4)}) {
+    std::promise<void> closed;
+    net->connect({"127.0.0.1", static_cast<uint16_t>(c.port(1))},
+                 [&](tandem::Result<std::shared_ptr<tandem::net::Connection>> conn) {
+                   REQUIRE(conn.is_ok());
+                   (*conn)->start([](std::string_view) {}, [&](tandem::Status) { closed.set_value(); });
+                   (*conn)->send(junk);
+                 });
+    CHECK(closed.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  }
+  net->stop();
+  auto log = read_file(c.dir.sub("c") + "/node-1.log");
+  CHECK(log.find("wrong cluster secret") != std::string::npos);
+  auto st = sh(c.ctl + "status");
+  INFO(st.text);
+  CHECK(st.code == 0);  // every node still answers
+}
+
+TEST_CASE("an envelope or a call for an entity the node does not own is answered moved") {
+  Cluster c;
+  auto net = tandem::net::make_real_network();
+  tandem::messaging::SessionOptions o;
+  o.secret = c.secret();
+  o.role = "node";
+  o.node_id = 3;
+  std::promise<tandem::Result<std::shared_ptr<tandem::messaging::Session>>> p;
+  tandem::messaging::Session::connect(*net, {"127.0.0.1", static_cast<uint16_t>(c.port(1))}, o, {},
+                                      [&](auto r) { p.set_value(r); });
+  auto s = p.get_future().get();
+  REQUIRE_MESSAGE(s.is_ok(), s.status().to_string());
+  // Items are range-partitioned: [sku-2, sku-4) belongs to node 2 in the initial map.
+  tandem::messaging::Envelope e;
+  e.from = {"order", "o-1"};
+  e.to = {"item", "sku-3"};
+  e.seq = 1;
+  std::promise<tandem::Status> acked;
+  (*s)->deliver(e, [&](tandem::Status st) { acked.set_value(st); });
+  auto a = acked.get_future().get();
+  CHECK(a.code() == tandem::Code::kUnavailable);
+  CHECK(a.message().find("moved: item/sku-3 is owned by node 2 at epoch 1") != std::string::npos);
+  net->stop();
+}
+
+TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-zero exit") {
+  Cluster c;
+  auto d = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 50 --items 10");
+  REQUIRE(d.code == 0);
+  auto insp = sh(c.ctl + "inspect item sku-1");
+  INFO(insp.text);
+  CHECK(insp.code == 0);
+  CHECK(insp.text.find("entity item/sku-1 on node 1") != std::string::npos);
+  CHECK(insp.text.find("activity order/") != std::string::npos);
+  CHECK(insp.text.find("operation order/") != std::string::npos);
+  auto parts = sh(c.ctl + "--json partitions");
+  CHECK(parts.code == 0);
+  CHECK(parts.text.find("\"epoch\":1") != std::string::npos);
+  struct Case {
+    std::string args, expect;
+  };
+  std::vector<Case> cases{
+      {"", "missing command"},
+      {"stauts", "unknown command 'stauts'"},
+      {"inspect item", "'inspect' takes 2 argument(s), got 1"},
+      {"redrive", "'redrive' takes 1 argument(s), got 0"},
+      {"--node 9 status", "no node 9"},
+      {"--node x status", "expects a non-negative integer"},
+      {"--bogus status", "unknown flag --bogus"},
+      {"inspect ghost k", "unknown entity type 'ghost'"},
+      {"redrive not-an-id", "not a parked message id"},
+  };
+  for (auto& k : cases) {
+    CAPTURE(k.args);
+    auto r = sh(c.ctl + k.args);
+    CHECK(r.code != 0);
+    CHECK(r.text.find(k.expect) != std::string::npos);
+  }
+  auto unreachable = sh(std::string(TANDEMCTL_BIN) + " --config /nonexistent/cluster.conf status");
+  CHECK(unreachable.code == 1);
+  CHECK(unreachable.text.find("cannot read cluster config") != std::string::npos);
+  c.launcher("down");
+  auto down = sh(c.ctl + "status");
+  CHECK(down.code == 1);
+  CHECK(down.text.find("cannot reach the cluster") != std::string::npos);
+}
