@@ -4,8 +4,14 @@
 //   tandem-bench transitions [--seconds S] [--durability strict|relaxed] [--entities N]
 //   tandem-bench memory [--entities N]
 //   tandem-bench demo [--orders N] [--items N] [--concurrency N]
+//   tandem-bench cluster [--seconds S]     starts a 3-node local cluster of this binary
+//   tandem-bench node --config F --id N    (a node of that cluster)
 //   tandem-bench all
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <future>
+#include <mutex>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -16,7 +22,10 @@
 #include <tandem/core/env.h>
 #include <tandem/core/flags.h>
 #include <tandem/core/log.h>
+#include <tandem/core/net.h>
+#include <tandem/entity/client.h>
 #include <tandem/entity/node.h>
+#include <tandem/entity/node_main.h>
 #include <tandem/partition/store.h>
 
 #include "bench.capnp.h"
@@ -43,6 +52,38 @@ class Runner final : public tandem::entity::Entity {
     h.on<Init>([](Context& ctx, Init::Reader m) {
       ctx.set_state<BenchState>([&](BenchState::Builder s) { s.setCount(m.getValue()); });
       ctx.reply<BenchState>([](BenchState::Builder) {});
+    });
+  }
+};
+
+// Echo from a client: answered at once (client -> entity round trip), or, with a target,
+// after an Ask to the target pinger is answered (an entity-to-entity request/reply).
+class Pinger final : public tandem::entity::Entity {
+ public:
+  static constexpr std::string_view kType = "pinger";
+  void handlers(tandem::entity::Handlers& h) override {
+    h.on<Echo>([](Context& ctx, Echo::Reader m) {
+      if (m.getTarget().size() == 0) return ctx.reply<Echo>([](Echo::Builder) {});
+      std::string token = ctx.defer_reply();
+      auto old = ctx.state<PingerState>().getTokens();
+      ctx.set_state<PingerState>([&](PingerState::Builder s) {
+        auto l = s.initTokens(old.size() + 1);
+        for (unsigned i = 0; i < old.size(); ++i) l.set(i, old[i]);
+        l.set(old.size(), capnp::Data::Reader(reinterpret_cast<const kj::byte*>(token.data()), token.size()));
+      });
+      ctx.send<Ask>(EntityRef{"pinger", m.getTarget().cStr()}, [](Ask::Builder) {});
+    });
+    h.on<Ask>([](Context& ctx, Ask::Reader) { ctx.reply<Answer>([](Answer::Builder) {}); });
+    h.on<Answer>([](Context& ctx, Answer::Reader) {
+      // Answers are interchangeable: any one of them releases the oldest waiting client.
+      auto tokens = ctx.state<PingerState>().getTokens();
+      if (tokens.size() == 0) throw std::logic_error("an Answer with no client waiting");
+      std::string token(reinterpret_cast<const char*>(tokens[0].begin()), tokens[0].size());
+      ctx.set_state<PingerState>([&](PingerState::Builder s) {
+        auto l = s.initTokens(tokens.size() - 1);
+        for (unsigned i = 1; i < tokens.size(); ++i) l.set(i - 1, tokens[i]);
+      });
+      ctx.reply_to<Echo>(token, [](Echo::Builder) {});
     });
   }
 };
@@ -222,6 +263,243 @@ void bench_demo(tandem::Env& env, const Opts& opts, const std::string& durabilit
   std::fflush(stdout);
 }
 
+struct Percentiles {
+  double p50 = 0, p99 = 0;
+};
+Percentiles percentiles(std::vector<double> v) {
+  Percentiles p;
+  if (v.empty()) return p;
+  std::sort(v.begin(), v.end());
+  p.p50 = v[v.size() / 2];
+  p.p99 = v[std::min(v.size() - 1, v.size() * 99 / 100)];
+  return p;
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Raw loopback TCP through core's network seam: an echo server and a client on two network
+// threads (as two processes would be), 200-byte messages.
+void loopback_baseline(double seconds, Percentiles& rtt_us, double& per_s) {
+  auto server = tandem::net::make_real_network();
+  auto client = tandem::net::make_real_network();
+  std::vector<std::shared_ptr<tandem::net::Connection>> keep;
+  std::mutex keep_mu;
+  auto port = server->listen({"127.0.0.1", 0}, [&](std::shared_ptr<tandem::net::Connection> c) {
+    std::weak_ptr<tandem::net::Connection> w = c;
+    c->start([w](std::string_view b) { if (auto c = w.lock()) c->send(std::string(b)); }, [](tandem::Status) {});
+    std::lock_guard lock(keep_mu);
+    keep.push_back(c);
+  });
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t received = 0;
+  std::shared_ptr<tandem::net::Connection> conn;
+  std::promise<void> connected;
+  client->connect({"127.0.0.1", *port}, [&](tandem::Result<std::shared_ptr<tandem::net::Connection>> c) {
+    conn = *c;
+    conn->start(
+        [&](std::string_view b) {
+          std::lock_guard lock(mu);
+          received += b.size();
+          cv.notify_all();
+        },
+        [](tandem::Status) {});
+    connected.set_value();
+  });
+  connected.get_future().get();
+  const std::string msg(200, 'm');
+  std::vector<double> lat;
+  for (int i = 0; i < 3000; ++i) {
+    double t0 = now_s();
+    uint64_t want;
+    {
+      std::lock_guard lock(mu);
+      want = received + msg.size();
+    }
+    conn->send(msg);
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return received >= want; });
+    lat.push_back((now_s() - t0) * 1e6);
+  }
+  rtt_us = percentiles(lat);
+  // Throughput with 64 messages in flight.
+  uint64_t sent_bytes;
+  {
+    std::lock_guard lock(mu);
+    sent_bytes = received;
+  }
+  double t0 = now_s();
+  for (int i = 0; i < 64; ++i) conn->send(msg), sent_bytes += msg.size();
+  uint64_t done = 0;
+  while (now_s() - t0 < seconds) {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return received + 64 * msg.size() > sent_bytes; });
+    uint64_t room = (received + 64 * msg.size() - sent_bytes) / msg.size();
+    lock.unlock();
+    for (uint64_t k = 0; k < room; ++k) conn->send(msg), sent_bytes += msg.size();
+    done += room;
+  }
+  per_s = static_cast<double>(done) / (now_s() - t0);
+  conn->close();
+  client->stop();
+  server->stop();
+}
+
+// Closed loop at `concurrency` for `seconds`, then open loop at half the rate reached.
+struct LoadResult {
+  double max_per_s = 0;
+  double rate = 0;
+  Percentiles lat_ms;
+  uint64_t errors = 0;
+};
+LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to, const std::vector<std::string>& targets,
+                const std::string& tag, double seconds) {
+  LoadResult r;
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t outstanding = 0, completed = 0, n = 0;
+  std::vector<double> lat;
+  auto fire = [&](size_t slot, bool record) {
+    double t0 = now_s();
+    std::string target = targets.empty() ? "" : targets[slot % targets.size()];
+    client.call<Echo>(to[slot % to.size()], "bench", tag + "-" + std::to_string(n++),
+                      [&](Echo::Builder b) { b.setTarget(target); },
+                      [&, t0, record](tandem::entity::ClientReply rep) {
+                        std::lock_guard lock(mu);
+                        if (!rep.status) ++r.errors;
+                        if (record) lat.push_back((now_s() - t0) * 1e3);
+                        --outstanding;
+                        ++completed;
+                        cv.notify_all();
+                      });
+  };
+  // Closed loop: one call outstanding per target entity (an entity holds one pending token).
+  size_t conc = to.size();
+  double t0 = now_s();
+  {
+    std::unique_lock lock(mu);
+    size_t slot = 0;
+    while (now_s() - t0 < seconds) {
+      while (outstanding < conc) {
+        ++outstanding;
+        lock.unlock();
+        fire(slot++ % conc, false);
+        lock.lock();
+      }
+      cv.wait_for(lock, std::chrono::milliseconds(10));
+    }
+    r.max_per_s = static_cast<double>(completed) / (now_s() - t0);
+    cv.wait_for(lock, std::chrono::seconds(30), [&] { return outstanding == 0; });
+  }
+  // Open loop at half the maximum rate; slots rotate so no entity has two calls pending
+  // (at half rate each call has conc/rate*2 seconds before its slot comes round again).
+  r.rate = r.max_per_s / 2;
+  double interval = 1.0 / r.rate;
+  double start = now_s(), next = start;
+  size_t slot = 0;
+  while (now_s() - start < seconds) {
+    while (now_s() < next) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    {
+      std::lock_guard lock(mu);
+      ++outstanding;
+    }
+    fire(slot++ % conc, true);
+    next += interval;
+  }
+  std::unique_lock lock(mu);
+  cv.wait_for(lock, std::chrono::seconds(30), [&] { return outstanding == 0; });
+  r.lat_ms = percentiles(lat);
+  return r;
+}
+
+int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts) {
+  std::string dir = scratch("cluster");
+  std::filesystem::create_directories(dir);
+  std::string types = dir + "-types";
+  std::ofstream(types) << "type pinger hash partitions=6\n"
+                          "type order hash slots=256 partitions=6\n"
+                          "type item range splits=sku-2,sku-4,sku-6,sku-8\n"
+                          "type runner hash partitions=3\n";
+  std::string launcher = std::string(TANDEM_SOURCE_DIR) + "/tools/tandem-cluster";
+  std::string env = "TANDEM_CLUSTER_DIR=" + dir + " ";
+  std::string up = env + launcher + " up --nodes 3 --durability strict --base-port 27100 --types " + types +
+                   " --binary " + self_bin + " > /dev/null";
+  if (std::system(up.c_str()) != 0) {
+    std::fprintf(stderr, "tandem-bench: cannot start the cluster (see %s)\n", dir.c_str());
+    return 1;
+  }
+  Percentiles rtt;
+  double loop_per_s = 0;
+  loopback_baseline(seconds, rtt, loop_per_s);
+  std::printf("RESULT bench=loopback rtt_p50_us=%.1f rtt_p99_us=%.1f msgs_per_s=%.0f in_flight=64 bytes=200\n", rtt.p50,
+              rtt.p99, loop_per_s);
+  std::fflush(stdout);
+
+  tandem::entity::Client::Options co;
+  co.config_path = dir + "/cluster.conf";
+  auto client = tandem::entity::Client::connect(co);
+  int rc = 0;
+  if (!client) {
+    std::fprintf(stderr, "tandem-bench: %s\n", client.status().to_string().c_str());
+    rc = 1;
+  } else {
+    auto& c = **client;
+    // 64 pingers on node 1 and 64 on node 2.
+    std::vector<EntityRef> on1;
+    std::vector<std::string> on2;
+    for (int i = 0; on1.size() < 64 || on2.size() < 64; ++i) {
+      EntityRef r{"pinger", "p" + std::to_string(i)};
+      uint32_t owner = c.owner_of(r);
+      if (owner == 1 && on1.size() < 64) on1.push_back(r);
+      if (owner == 2 && on2.size() < 64) on2.push_back(r.key);
+    }
+    auto a = load(c, on1, {}, "ce", seconds);
+    std::printf("RESULT bench=request_reply kind=client_to_entity durability=strict max_per_s=%.0f at_per_s=%.0f "
+                "p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
+                a.max_per_s, a.rate, a.lat_ms.p50, a.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(a.errors));
+    std::fflush(stdout);
+    auto b = load(c, on1, on2, "ee", seconds);
+    std::printf("RESULT bench=request_reply kind=entity_to_entity_cross_node durability=strict max_per_s=%.0f "
+                "at_per_s=%.0f p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
+                b.max_per_s, b.rate, b.lat_ms.p50, b.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(b.errors));
+    std::fflush(stdout);
+    reservation::DemoOptions d;
+    d.orders = opts.orders;
+    d.items = opts.items;
+    d.concurrency = opts.concurrency;
+    d.progress = false;
+    auto env2 = tandem::make_real_env();
+    auto r = reservation::run_demo(c, env2->clock(), d);
+    // The same demo on one in-process node, in this run, for the ratio.
+    tandem::entity::Registry reg;
+    reg.add<reservation::Order>();
+    reg.add<reservation::Item>();
+    tandem::entity::NodeOptions no;
+    no.data_dir = scratch("demo1");
+    tandem::entity::Node one(*env2, reg, no);
+    double one_per_s = 0;
+    if (one.start()) {
+      auto r1 = reservation::run_demo(one, env2->clock(), d);
+      one_per_s = r1.orders_per_s;
+      one.stop();
+    }
+    std::filesystem::remove_all(no.data_dir);
+    std::printf("RESULT bench=demo nodes=3 durability=strict orders_per_s=%.0f p50_ms=%.2f p99_ms=%.2f orders=%llu "
+                "concurrency=%llu invariant=%s nodes1_orders_per_s=%.0f ratio=%.2f\n",
+                r.orders_per_s, r.p50_ms, r.p99_ms, static_cast<unsigned long long>(r.orders),
+                static_cast<unsigned long long>(opts.concurrency), r.invariant.c_str(), one_per_s,
+                one_per_s > 0 ? r.orders_per_s / one_per_s : 0);
+    std::fflush(stdout);
+  }
+  client = tandem::Status::ok();
+  std::system((env + launcher + " down > /dev/null").c_str());
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove(types);
+  return rc;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -233,6 +511,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string cmd = argv[1];
+  if (cmd == "node") {
+    tandem::entity::NodeMain node(argc, argv, 2);
+    node.add<Runner>();
+    node.add<Pinger>();
+    node.add<reservation::Order>();
+    node.add<reservation::Item>();
+    return node.run();
+  }
   auto f = tandem::Flags::parse(argc, argv, 2, {"seconds", "durability", "entities", "orders", "items", "concurrency"}, {});
   if (!f) {
     std::fprintf(stderr, "tandem-bench: %s\n%s", f.status().to_string().c_str(), usage);
@@ -258,7 +544,11 @@ int main(int argc, char** argv) {
     for (auto& d : durs) bench_demo(*env, o, d);
   }
   if (cmd == "memory" || cmd == "all") bench_memory(*env, o.entities && cmd == "memory" ? o.entities : 1'000'000);
-  if (cmd != "transitions" && cmd != "demo" && cmd != "memory" && cmd != "all") {
+  if (cmd == "cluster" || cmd == "all") {
+    std::string self = std::filesystem::canonical("/proc/self/exe").string();
+    if (int rc = bench_cluster(self, o.seconds, o); rc != 0) return rc;
+  }
+  if (cmd != "transitions" && cmd != "demo" && cmd != "memory" && cmd != "cluster" && cmd != "all") {
     std::fprintf(stderr, "tandem-bench: unknown command '%s'\n%s", cmd.c_str(), usage);
     return 2;
   }
