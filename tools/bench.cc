@@ -414,7 +414,7 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
   return r;
 }
 
-int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts) {
+int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts, const std::string& durability) {
   std::string dir = scratch("cluster");
   std::filesystem::create_directories(dir);
   std::string types = dir + "-types";
@@ -424,7 +424,7 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts)
                           "type runner hash partitions=3\n";
   std::string launcher = std::string(TANDEM_SOURCE_DIR) + "/tools/tandem-cluster";
   std::string env = "TANDEM_CLUSTER_DIR=" + dir + " ";
-  std::string up = env + launcher + " up --nodes 3 --durability strict --base-port 27100 --types " + types +
+  std::string up = env + launcher + " up --nodes 3 --durability " + durability + " --base-port 27100 --types " + types +
                    " --binary " + self_bin + " > /dev/null";
   if (std::system(up.c_str()) != 0) {
     std::fprintf(stderr, "tandem-bench: cannot start the cluster (see %s)\n", dir.c_str());
@@ -456,14 +456,14 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts)
       if (owner == 2 && on2.size() < 64) on2.push_back(r.key);
     }
     auto a = load(c, on1, {}, "ce", seconds);
-    std::printf("RESULT bench=request_reply kind=client_to_entity durability=strict max_per_s=%.0f at_per_s=%.0f "
+    std::printf("RESULT bench=request_reply kind=client_to_entity durability=%s max_per_s=%.0f at_per_s=%.0f "
                 "p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
-                a.max_per_s, a.rate, a.lat_ms.p50, a.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(a.errors));
+                durability.c_str(), a.max_per_s, a.rate, a.lat_ms.p50, a.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(a.errors));
     std::fflush(stdout);
     auto b = load(c, on1, on2, "ee", seconds);
-    std::printf("RESULT bench=request_reply kind=entity_to_entity_cross_node durability=strict max_per_s=%.0f "
+    std::printf("RESULT bench=request_reply kind=entity_to_entity_cross_node durability=%s max_per_s=%.0f "
                 "at_per_s=%.0f p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
-                b.max_per_s, b.rate, b.lat_ms.p50, b.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(b.errors));
+                durability.c_str(), b.max_per_s, b.rate, b.lat_ms.p50, b.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(b.errors));
     std::fflush(stdout);
     reservation::DemoOptions d;
     d.orders = opts.orders;
@@ -478,6 +478,7 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts)
     reg.add<reservation::Item>();
     tandem::entity::NodeOptions no;
     no.data_dir = scratch("demo1");
+    no.durability = durability;
     tandem::entity::Node one(*env2, reg, no);
     double one_per_s = 0;
     if (one.start()) {
@@ -486,9 +487,9 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts)
       one.stop();
     }
     std::filesystem::remove_all(no.data_dir);
-    std::printf("RESULT bench=demo nodes=3 durability=strict orders_per_s=%.0f p50_ms=%.2f p99_ms=%.2f orders=%llu "
+    std::printf("RESULT bench=demo nodes=3 durability=%s orders_per_s=%.0f p50_ms=%.2f p99_ms=%.2f orders=%llu "
                 "concurrency=%llu invariant=%s nodes1_orders_per_s=%.0f ratio=%.2f\n",
-                r.orders_per_s, r.p50_ms, r.p99_ms, static_cast<unsigned long long>(r.orders),
+                durability.c_str(), r.orders_per_s, r.p50_ms, r.p99_ms, static_cast<unsigned long long>(r.orders),
                 static_cast<unsigned long long>(opts.concurrency), r.invariant.c_str(), one_per_s,
                 one_per_s > 0 ? r.orders_per_s / one_per_s : 0);
     std::fflush(stdout);
@@ -546,7 +547,7 @@ int main(int argc, char** argv) {
   if (cmd == "memory" || cmd == "all") bench_memory(*env, o.entities && cmd == "memory" ? o.entities : 1'000'000);
   if (cmd == "cluster" || cmd == "all") {
     std::string self = std::filesystem::canonical("/proc/self/exe").string();
-    if (int rc = bench_cluster(self, o.seconds, o); rc != 0) return rc;
+    if (int rc = bench_cluster(self, o.seconds, o, o.durability.empty() ? "strict" : o.durability); rc != 0) return rc;
   }
   if (cmd != "transitions" && cmd != "demo" && cmd != "memory" && cmd != "cluster" && cmd != "all") {
     std::fprintf(stderr, "tandem-bench: unknown command '%s'\n%s", cmd.c_str(), usage);
