@@ -61,7 +61,15 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
         return;
       }
     }
-    session->deliver(env, std::move(ack));
+    session->deliver(env, watch(std::move(ack)));
+  }
+
+  // A `moved` answer means our map is stale: refresh it; the relay's retry then re-routes.
+  AckFn watch(AckFn ack) {
+    return [this, ack = std::move(ack)](Status s) {
+      if (!s && s.message().rfind("moved", 0) == 0) node_.refresh_map_async();
+      ack(std::move(s));
+    };
   }
 
   void close_all() {
@@ -104,7 +112,7 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
       if (!r) log::warn("node {}: cannot reach node {}: {}", node_.self_.id, owner, r.status().message());
       for (auto& [env, ack] : waiting) {
         if (s)
-          s->deliver(env, std::move(ack));
+          s->deliver(env, watch(std::move(ack)));
         else
           ack(r.status());
       }
@@ -139,6 +147,7 @@ Status ClusterNode::load_map() {
   }
   uint32_t controller = config_.nodes.front().id;
   for (auto& n : config_.nodes) controller = std::min(controller, n.id);
+  controller_ = controller;
   if (self_.id == controller) {
     if (!mine) {
       mine = partition::PartitionMap::initial(config_.nodes, config_.types);
@@ -254,6 +263,33 @@ void ClusterNode::stop() {
   if (peers_) peers_->close_all();
   if (engine_) engine_->stop();
   if (net_) net_->stop();
+}
+
+void ClusterNode::refresh_map_async() {
+  int64_t now = env_.clock().now_us() / 1000;
+  int64_t last = last_refresh_ms_.load();
+  if (now - last < 200 || !last_refresh_ms_.compare_exchange_strong(last, now)) return;
+  const partition::NodeInfo* c = config_.node(controller_);
+  if (!c || controller_ == self_.id) return;
+  messaging::SessionOptions o;
+  o.secret = secret_;
+  o.role = "node";
+  o.node_id = self_.id;
+  Session::connect(*net_, c->addr, o, {}, [this](Result<std::shared_ptr<Session>> s) {
+    if (!s) return;
+    auto session = *s;
+    session->request("map", "", [this, session](Status st, std::string body) {
+      session->close();
+      if (!st) return;
+      auto m = partition::PartitionMap::decode(body);
+      if (!m) return;
+      std::lock_guard lock(map_mu_);
+      if (m->epoch > map_.epoch) {
+        log::info("node {}: partition map refreshed: epoch {} -> {}", self_.id, map_.epoch, m->epoch);
+        map_ = std::move(*m);
+      }
+    });
+  });
 }
 
 bool ClusterNode::owns(const EntityRef& ref) const {

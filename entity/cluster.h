@@ -8,6 +8,7 @@
 // node does not own is answered `unavailable: moved owner=N epoch=E`, and the sender re-routes.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -39,6 +40,9 @@ class ClusterNode {
  private:
   class PeerTransport;
   Status load_map();
+  // Fetches the map from the controller in the background (at most every 200 ms) and adopts it
+  // when its epoch is newer: called when a peer answers `moved`.
+  void refresh_map_async();
   bool owns(const EntityRef& ref) const;
   std::string moved_message(const EntityRef& ref) const;
   void on_request(const std::shared_ptr<messaging::Session>& s, const std::string& method, std::string body,
@@ -59,6 +63,8 @@ class ClusterNode {
   std::unique_ptr<PeerTransport> peers_;
   std::unique_ptr<Engine> engine_;
   int64_t started_ms_ = 0;
+  std::atomic<int64_t> last_refresh_ms_{0};
+  uint32_t controller_ = 0;
 };
 
 }  // namespace tandem::entity

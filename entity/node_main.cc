@@ -5,6 +5,7 @@
 
 #include <tandem/core/flags.h>
 #include <tandem/core/log.h>
+#include <tandem/core/net.h>
 
 #include "cluster.h"
 
@@ -12,11 +13,14 @@ namespace tandem::entity {
 
 namespace {
 constexpr const char* kUsage =
-    "node flags: --config FILE --id N [--log-level trace|debug|info|warn|error] [--max-batch N]\n";
+    "node flags: --config FILE --id N [--log-level trace|debug|info|warn|error] [--max-batch N]\n"
+    "            [--listen HOST:PORT] [--admin HOST:PORT] [--data DIR] [--secret-file FILE] [--durability strict|relaxed]\n"
+    "  --listen/--admin/--data override this node's line of the config (other nodes still reach it at\n"
+    "  the address the config lists); --secret-file and --durability override the cluster settings.\n";
 }
 
 int NodeMain::run() {
-  auto f = Flags::parse(argc_, argv_, first_, {"config", "id", "log-level", "max-batch"}, {});
+  auto f = Flags::parse(argc_, argv_, first_, {"config", "id", "log-level", "max-batch", "listen", "admin", "data", "secret-file", "durability"}, {});
   if (!f) {
     std::fprintf(stderr, "%s\n%s", f.status().to_string().c_str(), kUsage);
     return 2;
@@ -38,9 +42,29 @@ int NodeMain::run() {
     log::error("{}", config.status().to_string());
     return 1;
   }
-  if (!config->node(static_cast<uint32_t>(*id))) {
+  auto* me = config->node(static_cast<uint32_t>(*id));
+  if (!me) {
     log::error("node id {} is not in {}", *id, f->str("config", ""));
     return 1;
+  }
+  for (auto [flag, field] : {std::pair{"listen", &me->addr}, std::pair{"admin", &me->admin}}) {
+    if (!f->has(flag)) continue;
+    auto e = net::Endpoint::parse(f->str(flag, ""));
+    if (!e) {
+      std::fprintf(stderr, "--%s: %s\n%s", flag, e.status().message().c_str(), kUsage);
+      return 2;
+    }
+    *field = *e;
+  }
+  if (f->has("data")) me->data_dir = f->str("data", "");
+  if (f->has("secret-file")) config->secret_file = f->str("secret-file", "");
+  if (f->has("durability")) {
+    auto d = f->str("durability", "");
+    if (d != "strict" && d != "relaxed") {
+      std::fprintf(stderr, "--durability must be strict or relaxed, not '%s'\n%s", d.c_str(), kUsage);
+      return 2;
+    }
+    config->durability = d;
   }
   // Signals are taken by sigwait below; block them before any thread starts.
   sigset_t sigs;

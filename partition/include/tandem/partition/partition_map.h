@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <tandem/core/ids.h>
@@ -67,6 +68,7 @@ struct ClusterConfig {
   static Result<ClusterConfig> parse(std::string_view text, const std::string& dir);
   Result<std::string> read_secret() const;
   const NodeInfo* node(uint32_t id) const;
+  NodeInfo* node(uint32_t id) { return const_cast<NodeInfo*>(std::as_const(*this).node(id)); }
 };
 
 }  // namespace tandem::partition
