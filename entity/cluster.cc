@@ -72,6 +72,20 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
     };
   }
 
+  // An authenticated session that node `id` opened to us: use it for our envelopes to that
+  // node too, so a pair of nodes shares one connection (unless both dialled at once).
+  void adopt(uint32_t id, std::shared_ptr<Session> s) {
+    std::vector<std::pair<Envelope, AckFn>> waiting;
+    {
+      std::lock_guard lock(mu_);
+      auto& peer = peers_[id];
+      if (peer.session && !peer.session->closed()) return;
+      peer.session = s;
+      if (!peer.connecting) waiting.swap(peer.waiting);
+    }
+    for (auto& [env, ack] : waiting) s->deliver(env, watch(std::move(ack)));
+  }
+
   void close_all() {
     std::lock_guard lock(mu_);
     for (auto& [id, p] : peers_)
@@ -91,7 +105,7 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
     o.secret = node_.secret_;
     o.role = "node";
     o.node_id = node_.self_.id;
-    messaging::SessionHandlers h;
+    messaging::SessionHandlers h = node_.session_handlers("node");
     h.on_close = [this, owner](Status s) {
       log::warn("node {}: connection to node {} closed: {}", node_.self_.id, owner, s.message());
     };
@@ -235,20 +249,9 @@ Status ClusterNode::start() {
   o.node_id = self_.id;
   auto port = net_->listen(self_.addr, [this, o](std::shared_ptr<net::Connection> c) {
     Session::accept(*net_, std::move(c), o, [this](const std::shared_ptr<Session>& s) {
-      messaging::SessionHandlers h;
-      std::weak_ptr<Session> weak = s;
-      if (s->peer_role() == "node") {
-        h.on_deliver = [this](Envelope env, AckFn ack) {
-          if (!owns(env.to)) return ack(Status::unavailable(moved_message(env.to)));
-          engine_->deliver(std::move(env), std::move(ack));
-        };
-      }
-      h.on_request = [this, weak](const std::string& m, std::string body, messaging::RespondFn respond) {
-        auto s = weak.lock();
-        if (!s) return;
-        on_request(s, m, std::move(body), std::move(respond));
-      };
-      return h;
+      if (s->peer_role() == "node" && s->peer_node() != self_.id && config_.node(s->peer_node()))
+        peers_->adopt(s->peer_node(), s);
+      return session_handlers(s->peer_role());
     });
   });
   if (!port) return port.status();
@@ -257,6 +260,20 @@ Status ClusterNode::start() {
   log::info("node {} serving on {} (metrics on http://{}/metrics), data {}, durability {}", self_.id,
             self_.addr.to_string(), self_.admin.to_string(), opts_.data_dir, opts_.durability);
   return Status::ok();
+}
+
+messaging::SessionHandlers ClusterNode::session_handlers(const std::string& role) {
+  messaging::SessionHandlers h;
+  if (role == "node") {
+    h.on_deliver = [this](Envelope env, AckFn ack) {
+      if (!owns(env.to)) return ack(Status::unavailable(moved_message(env.to)));
+      engine_->deliver(std::move(env), std::move(ack));
+    };
+  }
+  h.on_request = [this, role](const std::string& m, std::string body, messaging::RespondFn respond) {
+    on_request(role, m, std::move(body), std::move(respond));
+  };
+  return h;
 }
 
 void ClusterNode::stop() {
@@ -305,9 +322,9 @@ std::string ClusterNode::moved_message(const EntityRef& ref) const {
          std::to_string(map_.epoch);
 }
 
-void ClusterNode::on_request(const std::shared_ptr<Session>& s, const std::string& method, std::string body,
+void ClusterNode::on_request(const std::string& role, const std::string& method, std::string body,
                              messaging::RespondFn respond) {
-  const bool admin = s->peer_role() == "admin";
+  const bool admin = role == "admin";
   if (method == "map") {
     std::lock_guard lock(map_mu_);
     return respond(Status::ok(), map_.encode());

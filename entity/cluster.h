@@ -45,8 +45,9 @@ class ClusterNode {
   void refresh_map_async();
   bool owns(const EntityRef& ref) const;
   std::string moved_message(const EntityRef& ref) const;
-  void on_request(const std::shared_ptr<messaging::Session>& s, const std::string& method, std::string body,
-                  messaging::RespondFn respond);
+  // Handlers for a session whose peer authenticated as `role` (deliveries only from nodes).
+  messaging::SessionHandlers session_handlers(const std::string& role);
+  void on_request(const std::string& role, const std::string& method, std::string body, messaging::RespondFn respond);
   std::string status_text();
   std::string metrics_text();
   void serve_metrics(std::shared_ptr<net::Connection> c);
