@@ -1,5 +1,6 @@
 #include <tandem/entity/client.h>
 
+#include <atomic>
 #include <future>
 #include <map>
 #include <mutex>
@@ -82,7 +83,7 @@ struct Client::Impl {
     });
   }
 
-  Result<std::string> request(uint32_t id, const std::string& method, std::string body) {
+  Result<std::string> request(uint32_t id, const std::string& method, std::string body, int64_t timeout_ms = 10'000) {
     auto p = std::make_shared<std::promise<Result<std::string>>>();
     auto f = p->get_future();
     with_session(id, [p, method, body = std::move(body)](Result<std::shared_ptr<Session>> s) mutable {
@@ -92,8 +93,9 @@ struct Client::Impl {
         p->set_value(std::move(b));
       });
     });
-    if (f.wait_for(std::chrono::seconds(10)) != std::future_status::ready)
-      return Status::unavailable("node " + std::to_string(id) + " did not answer within 10 s");
+    if (f.wait_for(std::chrono::milliseconds(timeout_ms)) != std::future_status::ready)
+      return Status::unavailable("node " + std::to_string(id) + " did not answer within " +
+                                 std::to_string(timeout_ms / 1000) + " s");
     return f.get();
   }
 
@@ -108,6 +110,28 @@ struct Client::Impl {
       return;
     }
   }
+
+  // Asks one node (round-robin) for the map without blocking; at most one request in flight.
+  void refresh_map_async() {
+    if (refreshing.exchange(true)) return;
+    uint32_t id = config.nodes[next_refresh++ % config.nodes.size()].id;
+    with_session(id, [this](Result<std::shared_ptr<Session>> s) {
+      if (!s) {
+        refreshing = false;
+        return;
+      }
+      (*s)->request("map", "", [this](Status st, std::string body) {
+        if (st) {
+          auto m = partition::PartitionMap::decode(body);
+          std::lock_guard lock(mu);
+          if (m && m->epoch > map.epoch) map = std::move(*m);
+        }
+        refreshing = false;
+      });
+    });
+  }
+  std::atomic<bool> refreshing{false};
+  std::atomic<uint64_t> next_refresh{0};
 
   struct CallState {
     rpc::Call call;
@@ -129,8 +153,7 @@ struct Client::Impl {
       if (!s) return retry(st, s.status());
       (*s)->request("call", st->call.encode(), [this, st](Status status, std::string body) {
         if (status.code() == Code::kUnavailable) {
-          if (status.message().rfind("moved", 0) == 0)
-            net->after(0, [this] { refresh_map(); });
+          if (status.message().rfind("moved", 0) == 0) refresh_map_async();
           return retry(st, status);
         }
         ClientReply r{status, 0, {}};
@@ -240,8 +263,15 @@ Result<uint64_t> Client::pending_timers() {
 
 size_t Client::nodes() const { return impl_->config.nodes.size(); }
 
-Result<std::string> Client::request(uint32_t node, const std::string& method, std::string body) {
-  return impl_->request(node, method, std::move(body));
+Result<std::string> Client::request(uint32_t node, const std::string& method, std::string body, int64_t timeout_ms) {
+  return impl_->request(node, method, std::move(body), timeout_ms);
+}
+
+void Client::refresh() { impl_->refresh_map(); }
+
+Client::MapSummary Client::map_summary() const {
+  std::lock_guard lock(impl_->mu);
+  return MapSummary{impl_->map.epoch, impl_->map.moves, impl_->map.splits, impl_->map.partitions.size()};
 }
 
 std::vector<uint32_t> Client::node_ids() const {

@@ -5,7 +5,10 @@
 #include <sstream>
 #include <thread>
 
+#include <tandem/core/bytes.h>
+#include <tandem/core/crash_point.h>
 #include <tandem/core/crypto.h>
+#include <charconv>
 #include <tandem/core/key_codec.h>
 #include <tandem/core/log.h>
 
@@ -33,35 +36,24 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
 
   void send(const Envelope& env, AckFn ack) override {
     uint32_t owner;
-    net::Endpoint addr;
     {
       std::lock_guard lock(node_.map_mu_);
       auto* p = node_.map_.find(env.to);
-      auto* n = p ? node_.map_.node(p->owner) : nullptr;
-      if (!n) return ack(Status::unavailable("no owner for " + env.to.to_string()));
-      owner = n->id;
-      addr = n->addr;
+      if (!p || !node_.map_.node(p->owner)) return ack(Status::unavailable("no owner for " + env.to.to_string()));
+      owner = p->owner;
     }
-    std::shared_ptr<Session> session;
-    {
-      std::lock_guard lock(mu_);
-      auto& peer = peers_[owner];
-      if (peer.session && !peer.session->closed()) {
-        session = peer.session;
-      } else {
-        if (peer.connecting) {
-          peer.waiting.emplace_back(env, std::move(ack));
-          return;
-        }
-        int64_t now = node_.env_.clock().now_us() / 1000;
-        if (now - peer.failed_at_ms < kReconnectBackoffMs) return ack(Status::unavailable("node " + std::to_string(owner) + " unreachable"));
-        peer.connecting = true;
-        peer.waiting.emplace_back(env, std::move(ack));
-        connect(owner, addr);
-        return;
-      }
-    }
-    session->deliver(env, watch(std::move(ack)));
+    with_session(owner, [this, env, ack = std::move(ack)](Result<std::shared_ptr<Session>> s) mutable {
+      if (!s) return ack(s.status());
+      (*s)->deliver(env, watch(std::move(ack)));
+    });
+  }
+
+  // A request to node `id` over the same session (controller and partition requests).
+  void request(uint32_t id, const std::string& method, std::string body, std::function<void(Status, std::string)> done) {
+    with_session(id, [method, body = std::move(body), done = std::move(done)](Result<std::shared_ptr<Session>> s) mutable {
+      if (!s) return done(s.status(), {});
+      (*s)->request(method, std::move(body), std::move(done));
+    });
   }
 
   // A `moved` answer means our map is stale: refresh it; the relay's retry then re-routes.
@@ -72,10 +64,10 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
     };
   }
 
-  // An authenticated session that node `id` opened to us: use it for our envelopes to that
-  // node too, so a pair of nodes shares one connection (unless both dialled at once).
+  // An authenticated session that node `id` opened to us: use it for our traffic to that node
+  // too, so a pair of nodes shares one connection (unless both dialled at once).
   void adopt(uint32_t id, std::shared_ptr<Session> s) {
-    std::vector<std::pair<Envelope, AckFn>> waiting;
+    std::vector<std::function<void(Result<std::shared_ptr<Session>>)>> waiting;
     {
       std::lock_guard lock(mu_);
       auto& peer = peers_[id];
@@ -83,7 +75,7 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
       peer.session = s;
       if (!peer.connecting) waiting.swap(peer.waiting);
     }
-    for (auto& [env, ack] : waiting) s->deliver(env, watch(std::move(ack)));
+    for (auto& w : waiting) w(s);
   }
 
   void close_all() {
@@ -93,43 +85,72 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
   }
 
  private:
+  using Use = std::function<void(Result<std::shared_ptr<Session>>)>;
   struct Peer {
     std::shared_ptr<Session> session;
     bool connecting = false;
     int64_t failed_at_ms = -1'000'000;
-    std::vector<std::pair<Envelope, AckFn>> waiting;
+    std::vector<Use> waiting;
   };
 
-  void connect(uint32_t owner, const net::Endpoint& addr) {
+  // Runs `use` with a ready session to node `id`, connecting if needed (at most every
+  // kReconnectBackoffMs after a failure). A use that cannot be served now gets `unavailable`.
+  void with_session(uint32_t id, Use use) {
+    std::shared_ptr<Session> session;
+    net::Endpoint addr;
+    {
+      std::lock_guard lock(mu_);
+      auto& peer = peers_[id];
+      if (peer.session && !peer.session->closed()) {
+        session = peer.session;
+      } else {
+        if (!peer.connecting) {
+          int64_t now = node_.env_.clock().now_us() / 1000;
+          if (now - peer.failed_at_ms < kReconnectBackoffMs) {
+            use(Status::unavailable("node " + std::to_string(id) + " unreachable"));
+            return;
+          }
+          const partition::NodeInfo* n = node_.config_.node(id);
+          if (!n) {
+            use(Status::invalid_argument("no node " + std::to_string(id)));
+            return;
+          }
+          addr = n->addr;
+          peer.connecting = true;
+          peer.waiting.push_back(std::move(use));
+          connect(id, addr);
+          return;
+        }
+        peer.waiting.push_back(std::move(use));
+        return;
+      }
+    }
+    use(session);
+  }
+
+  void connect(uint32_t id, const net::Endpoint& addr) {
     messaging::SessionOptions o;
     o.secret = node_.secret_;
     o.role = "node";
     o.node_id = node_.self_.id;
     messaging::SessionHandlers h = node_.session_handlers("node");
-    h.on_close = [this, owner](Status s) {
-      log::warn("node {}: connection to node {} closed: {}", node_.self_.id, owner, s.message());
+    h.on_close = [this, id](Status s) {
+      log::warn("node {}: connection to node {} closed: {}", node_.self_.id, id, s.message());
     };
-    Session::connect(*node_.net_, addr, o, h, [this, owner](Result<std::shared_ptr<Session>> r) {
-      std::vector<std::pair<Envelope, AckFn>> waiting;
-      std::shared_ptr<Session> s;
+    Session::connect(*node_.net_, addr, o, h, [this, id](Result<std::shared_ptr<Session>> r) {
+      std::vector<Use> waiting;
       {
         std::lock_guard lock(mu_);
-        auto& peer = peers_[owner];
+        auto& peer = peers_[id];
         peer.connecting = false;
         waiting.swap(peer.waiting);
-        if (r) {
-          peer.session = s = *r;
-        } else {
-          peer.failed_at_ms = node_.env_.clock().now_us() / 1000;
-        }
-      }
-      if (!r) log::warn("node {}: cannot reach node {}: {}", node_.self_.id, owner, r.status().message());
-      for (auto& [env, ack] : waiting) {
-        if (s)
-          s->deliver(env, watch(std::move(ack)));
+        if (r)
+          peer.session = *r;
         else
-          ack(r.status());
+          peer.failed_at_ms = node_.env_.clock().now_us() / 1000;
       }
+      if (!r) log::warn("node {}: cannot reach node {}: {}", node_.self_.id, id, r.status().message());
+      for (auto& w : waiting) w(r);
     });
   }
 
@@ -240,6 +261,9 @@ Status ClusterNode::start() {
     engine_->set_placement(map_.placement());
   }
   engine_->set_router([this](const EntityRef& r) { return owns(r); });
+  engine_->set_frozen([this](const EntityRef& r) { return frozen(r); });
+  ctl_exec_ = env_.make_executor("tandem-ctl");
+  part_exec_ = env_.make_executor("tandem-part");
   peers_ = std::make_unique<PeerTransport>(*this);
   engine_->set_remote_transport(peers_.get());
   TANDEM_TRY(engine_->start());
@@ -277,6 +301,8 @@ messaging::SessionHandlers ClusterNode::session_handlers(const std::string& role
 }
 
 void ClusterNode::stop() {
+  ctl_exec_.reset();
+  part_exec_.reset();
   if (peers_) peers_->close_all();
   if (engine_) engine_->stop();
   if (net_) net_->stop();
@@ -300,13 +326,264 @@ void ClusterNode::refresh_map_async() {
       if (!st) return;
       auto m = partition::PartitionMap::decode(body);
       if (!m) return;
-      std::lock_guard lock(map_mu_);
-      if (m->epoch > map_.epoch) {
-        log::info("node {}: partition map refreshed: epoch {} -> {}", self_.id, map_.epoch, m->epoch);
-        map_ = std::move(*m);
-      }
+      part_exec_->post([this, m = std::move(*m)]() mutable {
+        uint64_t from = 0, to = m.epoch;
+        {
+          std::lock_guard lock(map_mu_);
+          from = map_.epoch;
+        }
+        if (to <= from) return;
+        auto st = adopt_map(std::move(m));
+        log::info("node {}: partition map refreshed: epoch {} -> {}: {}", self_.id, from, to, st.to_string());
+      });
     });
   });
+}
+
+bool ClusterNode::frozen(const EntityRef& ref) const {
+  std::lock_guard lock(map_mu_);
+  if (frozen_.empty()) return false;
+  auto* p = map_.find(ref);
+  return p && frozen_.count(p->id);
+}
+
+std::vector<partition::KeyRange> ClusterNode::ranges_of(const std::vector<uint32_t>& pids) const {
+  std::lock_guard lock(map_mu_);
+  std::vector<partition::KeyRange> out;
+  for (auto id : pids)
+    if (auto* p = map_.partition(id)) out.push_back(map_.key_range(*p));
+  return out;
+}
+
+Result<std::string> ClusterNode::call_node(uint32_t id, const std::string& method, std::string body) {
+  if (id == self_.id) return handle_partition_request(method, std::move(body));
+  auto p = std::make_shared<std::promise<Result<std::string>>>();
+  auto f = p->get_future();
+  peers_->request(id, method, std::move(body), [p](Status st, std::string b) {
+    if (!st) return p->set_value(st);
+    p->set_value(std::move(b));
+  });
+  if (f.wait_for(std::chrono::seconds(120)) != std::future_status::ready)
+    return Status::unavailable("node " + std::to_string(id) + " did not answer " + method + " within 120 s");
+  return f.get();
+}
+
+Status ClusterNode::persist_map(const partition::PartitionMap& m) {
+  partition::WriteBatch b;
+  b.put(partition::Cf::kMeta, kMapKey, m.encode());
+  return engine_->store().write(b, true);
+}
+
+Status ClusterNode::adopt_map(partition::PartitionMap next) {
+  std::vector<uint32_t> gained, lost;
+  {
+    std::lock_guard lock(map_mu_);
+    if (next.epoch <= map_.epoch) return Status::ok();
+    for (auto& p : next.partitions) {
+      auto* old = map_.partition(p.id);
+      bool had = old ? old->owner == self_.id : false;
+      if (!old) {  // a split half: owned iff the partition it came from was
+        had = p.owner == self_.id;
+      }
+      if (p.owner == self_.id && !had) gained.push_back(p.id);
+      if (p.owner != self_.id && had) lost.push_back(p.id);
+    }
+  }
+  TANDEM_TRY(persist_map(next));
+  std::vector<partition::KeyRange> lost_ranges = ranges_of(lost);
+  {
+    std::lock_guard lock(map_mu_);
+    map_ = std::move(next);
+    for (auto id : lost) frozen_.erase(id);
+  }
+  std::vector<partition::KeyRange> gained_ranges = ranges_of(gained);
+  if (!gained_ranges.empty()) TANDEM_TRY(engine_->adopt(gained_ranges));
+  if (!lost_ranges.empty()) TANDEM_TRY(engine_->release(lost_ranges));
+  return Status::ok();
+}
+
+// Requests the controller sends to nodes during moves and splits. Bodies are ByteWriter records.
+Result<std::string> ClusterNode::handle_partition_request(const std::string& method, std::string body) {
+  ByteReader r(body);
+  if (method == "ingest") {
+    // (cf, key, value) triples of a partition arriving here.
+    partition::WriteBatch b;
+    auto n = r.varint();
+    if (!n) return Status::invalid_argument("malformed ingest");
+    for (uint64_t i = 0; i < *n; ++i) {
+      auto cf = r.u8();
+      auto k = r.bytes();
+      auto v = r.bytes();
+      if (!cf || *cf > 3 || !k || !v) return Status::invalid_argument("malformed ingest row");
+      b.put(static_cast<partition::Cf>(*cf), *k, *v);
+    }
+    TANDEM_TRY(engine_->store().write(b, true));
+    return std::to_string(*n);
+  }
+  if (method == "map-update" || method == "adopt" || method == "release") {
+    auto m = partition::PartitionMap::decode(body);
+    if (!m) return m.status();
+    TANDEM_TRY(adopt_map(std::move(*m)));
+    return std::string("ok");
+  }
+  auto pid = r.varint();
+  if (!pid) return Status::invalid_argument("malformed " + method + " request");
+  auto ranges = ranges_of({static_cast<uint32_t>(*pid)});
+  if (ranges.empty()) return Status::invalid_argument("no partition " + std::to_string(*pid));
+  if (method == "freeze") {
+    {
+      std::lock_guard lock(map_mu_);
+      frozen_.insert(static_cast<uint32_t>(*pid));
+    }
+    TANDEM_CRASH_POINT("move:frozen_before_flush");
+    engine_->flush();  // every transition of the partition is committed from here on
+    return std::string("frozen");
+  }
+  if (method == "unfreeze") {
+    {
+      std::lock_guard lock(map_mu_);
+      frozen_.erase(static_cast<uint32_t>(*pid));
+    }
+    TANDEM_TRY(engine_->rearm(ranges));
+    return std::string("unfrozen");
+  }
+  if (method == "drop") {  // an aborted move's partial copy
+    TANDEM_TRY(engine_->release(ranges));
+    return std::string("dropped");
+  }
+  if (method == "median") {
+    std::vector<std::string> keys_seen;
+    auto& placement = engine_->placement();
+    TANDEM_TRY(engine_->store().scan(partition::Cf::kState, ranges[0].first, ranges[0].second,
+                                     [&](std::string_view k, std::string_view) {
+                                       EntityRef ref;
+                                       std::string_view rest;
+                                       if (placement.decode_entity(k, ref, rest) && rest == "s") keys_seen.push_back(ref.key);
+                                       return true;
+                                     }));
+    if (keys_seen.size() < 2) return Status::invalid_argument("partition " + std::to_string(*pid) + " holds fewer than 2 entities");
+    return keys_seen[keys_seen.size() / 2];
+  }
+  if (method == "export") {
+    auto to = r.varint();
+    if (!to) return Status::invalid_argument("malformed export");
+    // Stream every row of the partition's ranges to the target in chunks of about 1 MiB.
+    uint64_t rows = 0, in_chunk = 0;
+    ByteWriter chunk;
+    std::string pending;
+    auto send = [&]() -> Status {
+      if (in_chunk == 0) return Status::ok();
+      std::string b = ByteWriter().varint(in_chunk).take() + pending;
+      auto res = call_node(static_cast<uint32_t>(*to), "ingest", std::move(b));
+      pending.clear();
+      in_chunk = 0;
+      return res.status();
+    };
+    for (auto cf : {partition::Cf::kState, partition::Cf::kActivity, partition::Cf::kOutbox, partition::Cf::kTimer}) {
+      Status inner;
+      TANDEM_TRY(engine_->store().scan(cf, ranges[0].first, ranges[0].second, [&](std::string_view k, std::string_view v) {
+        pending += ByteWriter().u8(static_cast<uint8_t>(cf)).bytes(k).bytes(v).take();
+        ++in_chunk;
+        ++rows;
+        if (pending.size() > (1 << 20)) {
+          inner = send();
+          if (!inner) return false;
+        }
+        return true;
+      }));
+      TANDEM_TRY(inner);
+    }
+    TANDEM_TRY(send());
+    TANDEM_CRASH_POINT("move:exported");
+    return std::to_string(rows);
+  }
+  return Status::invalid_argument("unknown partition request '" + method + "'");
+}
+
+Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
+  partition::PartitionMap current;
+  {
+    std::lock_guard lock(map_mu_);
+    current = map_;
+  }
+  auto next = current.with_move(pid, to);
+  if (!next) return next.status();
+  const auto* p = current.partition(pid);
+  uint32_t from = p->owner;
+  int64_t t0 = env_.clock().now_us();
+  log::info("move of partition {} ({}) from node {} to node {}: freezing", pid, p->type, from, to);
+  auto abort = [&](const Status& why) -> Status {
+    log::warn("move of partition {} aborted: {}", pid, why.to_string());
+    call_node(from, "unfreeze", ByteWriter().varint(pid).take()).status().ignore_error("best effort; the node re-checks");
+    call_node(to, "drop", ByteWriter().varint(pid).take()).status().ignore_error("best effort");
+    return Status::unavailable("move aborted, partition " + std::to_string(pid) + " stays on node " + std::to_string(from) +
+                               ": " + why.message());
+  };
+  if (auto f = call_node(from, "freeze", ByteWriter().varint(pid).take()); !f) return abort(f.status());
+  log::info("move of partition {}: exporting to node {}", pid, to);
+  auto exported = call_node(from, "export", ByteWriter().varint(pid).varint(to).take());
+  if (!exported) return abort(exported.status());
+  // The commit point: from here on `to` owns the partition.
+  TANDEM_CRASH_POINT("move:before_commit");
+  TANDEM_TRY(persist_map(*next));
+  TANDEM_CRASH_POINT("move:committed");
+  // Each node switches its own map in adopt_map (the controller too, last), so a node that
+  // gains or loses the partition starts or stops it as it switches.
+  std::string enc = next->encode();
+  for (uint32_t n : {to, from}) {
+    for (int attempt = 0;; ++attempt) {
+      auto r = call_node(n, n == to ? "adopt" : "release", enc);
+      if (r) break;
+      if (attempt >= 100) {
+        log::error("move of partition {}: node {} did not take epoch {}: {}; it will learn it when it asks", pid, n,
+                   next->epoch, r.status().to_string());
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  for (auto& n : next->nodes)
+    if (n.id != to && n.id != from && n.id != self_.id)
+      call_node(n.id, "map-update", enc).status().ignore_error("others learn the map on their next moved answer");
+  TANDEM_TRY(adopt_map(*next));  // a no-op when this node was `to` or `from`
+  double ms = static_cast<double>(env_.clock().now_us() - t0) / 1000.0;
+  std::string out = "moved partition " + std::to_string(pid) + " (" + p->type + ") from node " + std::to_string(from) +
+                    " to node " + std::to_string(to) + ": " + *exported + " rows in " + std::to_string(static_cast<int64_t>(ms)) +
+                    " ms; epoch " + std::to_string(next->epoch);
+  log::info("{}", out);
+  return out;
+}
+
+Result<std::string> ClusterNode::split(uint32_t pid, const std::string& at_arg) {
+  partition::PartitionMap current;
+  {
+    std::lock_guard lock(map_mu_);
+    current = map_;
+  }
+  const auto* p = current.partition(pid);
+  if (!p) return Status::invalid_argument("no partition " + std::to_string(pid));
+  std::string at = at_arg;
+  auto* t = current.type(p->type);
+  if (at.empty() && t->scheme.kind == partition::TypeScheme::Kind::kRange) {
+    auto m = call_node(p->owner, "median", ByteWriter().varint(pid).take());
+    if (!m) return m.status();
+    at = *m;
+  }
+  auto next = current.with_split(pid, at);
+  if (!next) return next.status();
+  TANDEM_TRY(adopt_map(*next));
+  std::string enc = next->encode();
+  for (auto& n : next->nodes)
+    if (n.id != self_.id)
+      call_node(n.id, "map-update", enc).status().ignore_error("others learn the map on their next moved answer");
+  auto& half = next->partitions.back();
+  std::string out = "split partition " + std::to_string(pid) + " (" + p->type + ") at " +
+                    (t->scheme.kind == partition::TypeScheme::Kind::kHash ? "slot " + std::to_string(half.slot_begin)
+                                                                          : "key '" + half.key_begin + "'") +
+                    ": new partition " + std::to_string(half.id) + " on node " + std::to_string(half.owner) + "; epoch " +
+                    std::to_string(next->epoch);
+  log::info("{}", out);
+  return out;
 }
 
 bool ClusterNode::owns(const EntityRef& ref) const {
@@ -335,6 +612,50 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
     if (!owns(c->to)) return respond(Status::unavailable(moved_message(c->to)), {});
     engine_->call(c->to, c->payload_type, std::move(c->payload), c->client_id, c->idempotency_key,
                   [respond](ClientReply r) { respond(r.status, rpc::Reply{r.payload_type, std::move(r.payload)}.encode()); });
+    return;
+  }
+  if (method == "move" || method == "split") {
+    if (!admin) return respond(Status::invalid_argument(method + " needs an admin connection"), {});
+    if (self_.id != controller_)
+      return respond(Status::invalid_argument("node " + std::to_string(self_.id) + " is not the controller (node " +
+                                              std::to_string(controller_) + " is)"), {});
+    if (ctl_busy_.exchange(true))
+      return respond(Status::conflict("another move or split is in progress; nothing changed"), {});
+    ctl_exec_->post([this, method, body = std::move(body), respond = std::move(respond)] {
+      struct Done {
+        std::atomic<bool>& busy;
+        ~Done() { busy = false; }
+      } done{ctl_busy_};
+      ByteReader r(body);
+      auto pid = r.varint();
+      auto arg = r.bytes();
+      if (!pid || !arg) return respond(Status::invalid_argument("malformed " + method + " request"), {});
+      Result<std::string> out = Status::ok();
+      if (method == "move") {
+        uint64_t to = 0;
+        auto [ptr, ec] = std::from_chars(arg->data(), arg->data() + arg->size(), to);
+        if (ec != std::errc() || ptr != arg->data() + arg->size() || to == 0 || to > UINT32_MAX)
+          return respond(Status::invalid_argument("target node must be a node id, not '" + *arg + "'"), {});
+        out = move(static_cast<uint32_t>(*pid), static_cast<uint32_t>(to));
+      } else {
+        out = split(static_cast<uint32_t>(*pid), *arg);
+      }
+      if (!out) return respond(out.status(), {});
+      respond(Status::ok(), std::move(*out));
+    });
+    return;
+  }
+  if (method == "ingest" || method == "freeze" || method == "unfreeze" || method == "export" || method == "adopt" ||
+      method == "release" || method == "drop" || method == "map-update" || method == "median") {
+    if (role != "node") return respond(Status::invalid_argument(method + " is for nodes only"), {});
+    if (method == "ingest") {  // a plain store write: no need to leave the network thread
+      auto r = handle_partition_request(method, std::move(body));
+      return respond(r.status(), r ? std::move(*r) : std::string());
+    }
+    part_exec_->post([this, method, body = std::move(body), respond = std::move(respond)]() mutable {
+      auto r = handle_partition_request(method, std::move(body));
+      respond(r.status(), r ? std::move(*r) : std::string());
+    });
     return;
   }
   if (method == "status") return respond(Status::ok(), status_text());

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -44,6 +45,19 @@ class ClusterNode {
   // when its epoch is newer: called when a peer answers `moved`.
   void refresh_map_async();
   bool owns(const EntityRef& ref) const;
+  bool frozen(const EntityRef& ref) const;
+  // ---- moves and splits ----
+  // Blocking request to a node (handled in-process when it is this node).
+  Result<std::string> call_node(uint32_t id, const std::string& method, std::string body);
+  // Partition requests a node serves (blocking; run on part_exec_ or the caller's thread).
+  Result<std::string> handle_partition_request(const std::string& method, std::string body);
+  // Controller operations (run on ctl_exec_).
+  Result<std::string> move(uint32_t pid, uint32_t to);
+  Result<std::string> split(uint32_t pid, const std::string& at);
+  Status adopt_map(partition::PartitionMap next);  // newer map: adopt arrived partitions, release gone ones
+  Status persist_map(const partition::PartitionMap& m);
+  std::vector<partition::KeyRange> ranges_of(const std::vector<uint32_t>& pids) const;
+  uint32_t controller() const { return controller_; }
   std::string moved_message(const EntityRef& ref) const;
   // Handlers for a session whose peer authenticated as `role` (deliveries only from nodes).
   messaging::SessionHandlers session_handlers(const std::string& role);
@@ -65,6 +79,10 @@ class ClusterNode {
   std::unique_ptr<Engine> engine_;
   int64_t started_ms_ = 0;
   std::atomic<int64_t> last_refresh_ms_{0};
+  std::set<uint32_t> frozen_;                 // under map_mu_: partitions being moved away
+  std::unique_ptr<Executor> ctl_exec_;        // controller operations, one at a time
+  std::atomic<bool> ctl_busy_{false};         // a move or split is running
+  std::unique_ptr<Executor> part_exec_;       // blocking partition requests from the controller
   uint32_t controller_ = 0;
 };
 

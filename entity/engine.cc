@@ -314,6 +314,8 @@ void Engine::process(Work& w) {
   auto& env = w.env;
   const auto* type = registry_.find(env.to.type);
   if (!type) return park(w, "unknown entity type '" + env.to.type + "'");
+  // Not ours (any more), or being moved away: do not run it here.
+  if ((frozen_ && frozen_(env.to)) || (hosts_ && !hosts_(env.to))) return defer_frozen(w);
   if (!w.timer_key.empty()) {
     auto row = view_->get(Cf::kTimer, w.timer_key);
     if (!row || !row->has_value()) return;  // already fired
@@ -360,6 +362,97 @@ void Engine::process(Work& w) {
   view_->apply(std::move(txn));
   if (result == Transition::Result::kApplied && !attempts_.empty()) attempts_.erase(work_id(env));
   open_.transitions++;
+}
+
+void Engine::defer_frozen(Work& w) {
+  auto& env = w.env;
+  if (w.ack) {  // its sender's relay retries, and finds the new owner
+    auto ack = std::move(w.ack);
+    ack(Status::unavailable("moved: the partition of " + env.to.to_string() + " is moving or has moved"));
+    return;
+  }
+  if (!w.timer_key.empty()) return;  // the timer row moves with the partition (re-armed on abort)
+  if (env.kind == Kind::kClientRequest) {
+    open_.client_replies.emplace_back(call_key(env.from.key, env.idempotency_key),
+                                      ClientReply{Status::unavailable("moved: the partition of " + env.to.to_string() +
+                                                                      " is moving or has moved"), 0, {}});
+    return;
+  }
+  if (w.inline_msg || !w.row_key.empty()) {
+    // A message from an entity here: durable in its sender's outbox; the relay delivers it to
+    // whoever owns the receiver once the move is over.
+    if (w.inline_msg) {
+      partition::Txn txn(*view_);
+      w.row_key = rows::outbox(placement_.entity_prefix(env.from), env.to, env.seq);
+      txn.put(Cf::kOutbox, w.row_key, messaging::encode(env));
+      view_->apply(std::move(txn));
+      w.inline_msg = false;
+    }
+    open_.relay_rows.emplace_back(std::move(w.row_key), std::move(env));
+    return;
+  }
+  park(w, "its partition was moving; redrive it again");
+}
+
+void Engine::flush() {
+  uint64_t target = run_on<uint64_t>(*exec_, [this] {
+    bool open = view_->open_writes() > 0 || !open_.empty();
+    if (open && inflight_commits_ == 0) seal_and_commit();
+    return sealed_groups_ + ((view_->open_writes() > 0 || !open_.empty()) ? 1 : 0);
+  });
+  while (run_on<uint64_t>(*exec_, [this] {
+           if (inflight_commits_ == 0 && (view_->open_writes() > 0 || !open_.empty())) seal_and_commit();
+           return committed_groups_;
+         }) < target)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+Status Engine::load_timers(const std::vector<partition::KeyRange>& ranges) {
+  for (auto& [b, e] : ranges) {
+    TANDEM_TRY(store_->scan(Cf::kTimer, b, e, [&](std::string_view k, std::string_view v) {
+      if (auto t = TimerRow::decode(v)) timers_.insert({t->due_ms, std::string(k)});
+      return true;
+    }));
+  }
+  c_.timers = timers_.size();
+  arm_timer_wakeup();
+  schedule_step();
+  return Status::ok();
+}
+
+Status Engine::adopt(const std::vector<partition::KeyRange>& ranges) {
+  return run_on<Status>(*exec_, [&]() -> Status {
+    for (auto& [b, e] : ranges) {
+      view_->invalidate(b, e);
+      TANDEM_TRY(store_->scan(Cf::kOutbox, b, e, [&](std::string_view k, std::string_view v) {
+        if (auto env = messaging::decode_envelope(v)) relay_->add(std::string(k), std::move(*env));
+        return true;
+      }));
+    }
+    c_.outbox_depth = relay_->depth();
+    return load_timers(ranges);
+  });
+}
+
+Status Engine::rearm(const std::vector<partition::KeyRange>& ranges) {
+  return run_on<Status>(*exec_, [&]() -> Status { return load_timers(ranges); });
+}
+
+Status Engine::release(const std::vector<partition::KeyRange>& ranges) {
+  return run_on<Status>(*exec_, [&]() -> Status {
+    partition::WriteBatch b;
+    for (auto& [begin, end] : ranges) {
+      relay_->forget_range(begin, end);
+      for (auto it = timers_.begin(); it != timers_.end();)
+        it = it->key >= begin && it->key < end ? timers_.erase(it) : std::next(it);
+      for (auto cf : {Cf::kState, Cf::kActivity, Cf::kOutbox, Cf::kTimer}) b.del_range(cf, begin, end);
+    }
+    TANDEM_TRY(store_->write(b, true));
+    for (auto& [begin, end] : ranges) view_->invalidate(begin, end);
+    c_.outbox_depth = relay_->depth();
+    c_.timers = timers_.size();
+    return Status::ok();
+  });
 }
 
 std::string Engine::work_id(const Envelope& env) const {
@@ -437,6 +530,7 @@ void Engine::seal_and_commit() {
   committing_.emplace(sealed.group, std::move(open_));
   open_ = Actions();
   inflight_commits_++;
+  sealed_groups_++;
   int64_t started = env_.clock().now_us();
   if (durability_ == partition::Durability::kRelaxed && n <= kInlineCommit && inflight_commits_ == 1) {
     // A small relaxed commit costs less than the two thread hand-offs of the commit thread.
@@ -467,6 +561,7 @@ void Engine::seal_and_commit() {
 void Engine::on_committed(uint64_t group, int64_t started_us) {
   TANDEM_CRASH_POINT("commit:before_ack");
   inflight_commits_--;
+  committed_groups_++;
   c_.commits++;
   c_.commit_us += static_cast<uint64_t>(env_.clock().now_us() - started_us);
   view_->committed(group);

@@ -27,6 +27,7 @@
 #include <tandem/messaging/envelope.h>
 #include <tandem/messaging/relay.h>
 #include <tandem/messaging/transport.h>
+#include <tandem/partition/partition_map.h>
 #include <tandem/partition/placement.h>
 #include <tandem/partition/store.h>
 
@@ -61,6 +62,21 @@ class Engine final : public messaging::Inbound {
   // placement schemes of the map. Call before start(); `hosts` must be thread-safe.
   void set_router(std::function<bool(const EntityRef&)> hosts) { hosts_ = std::move(hosts); }
   void set_placement(partition::Placement p) { placement_ = std::move(p); }
+  // Entities whose partition is being moved away: their messages are not run here (deliveries
+  // are refused for a later retry, local ones go to the outbox, client calls are answered
+  // `unavailable`). Call before start(); `frozen` must be thread-safe.
+  void set_frozen(std::function<bool(const EntityRef&)> frozen) { frozen_ = std::move(frozen); }
+
+  // ---- partition moves (blocking; call from a thread that is not the engine's) ----
+  // Waits until every transition that ran before this call is committed.
+  void flush();
+  // The ranges arrived in the store (ingested): drop stale cache entries, start delivering
+  // their outbox rows and arm their timers.
+  Status adopt(const std::vector<partition::KeyRange>& ranges);
+  // The ranges left: forget their relay rows and timers, delete them from the store.
+  Status release(const std::vector<partition::KeyRange>& ranges);
+  // A move was aborted: re-arm the timers of the ranges (they were skipped while frozen).
+  Status rearm(const std::vector<partition::KeyRange>& ranges);
 
   NodeStats stats() const;
   bool quiescent() const;
@@ -100,6 +116,8 @@ class Engine final : public messaging::Inbound {
   void step();
   void process(Work& w);
   void fail(Work& w, const std::string& reason, bool retryable);
+  void defer_frozen(Work& w);
+  Status load_timers(const std::vector<partition::KeyRange>& ranges);
   void park(Work& w, const std::string& reason);
   void seal_and_commit();
   void on_committed(uint64_t group, int64_t started_us);
@@ -126,6 +144,8 @@ class Engine final : public messaging::Inbound {
   messaging::Transport* transport_ = nullptr;  // local delivery, possibly through faults
   messaging::Transport* remote_transport_ = nullptr;
   std::function<bool(const EntityRef&)> hosts_;  // unset: this node hosts every registered type
+  std::function<bool(const EntityRef&)> frozen_;
+  uint64_t sealed_groups_ = 0, committed_groups_ = 0;  // executor thread
   bool is_local(const EntityRef& ref) const { return registry_.find(ref.type) && (!hosts_ || hosts_(ref)); }
   class RoutingTransport;
   std::unique_ptr<RoutingTransport> routing_;

@@ -6,11 +6,12 @@
 #include <sstream>
 
 #include <tandem/core/bytes.h>
+#include <tandem/core/key_codec.h>
 
 namespace tandem::partition {
 
 namespace {
-constexpr uint8_t kMapV1 = 1;
+constexpr uint8_t kMapV1 = 1;  // + moves and splits counters at the end
 
 void put_endpoint(ByteWriter& w, const net::Endpoint& e) { w.bytes(e.host).varint(e.port); }
 bool get_endpoint(ByteReader& r, net::Endpoint& e) {
@@ -72,6 +73,76 @@ const NodeInfo* PartitionMap::node(uint32_t id) const {
   return nullptr;
 }
 
+PartitionInfo* PartitionMap::partition(uint32_t id) {
+  for (auto& p : partitions)
+    if (p.id == id) return &p;
+  return nullptr;
+}
+
+KeyRange PartitionMap::key_range(const PartitionInfo& p) const {
+  std::string tp = Placement::type_prefix(p.type);
+  auto* t = type(p.type);
+  if (t && t->scheme.kind == TypeScheme::Kind::kHash) {
+    std::string b = tp, e = tp;
+    keys::append_u16(b, p.slot_begin);
+    if (p.slot_end >= t->scheme.slots) return {b, keys::prefix_successor(tp)};
+    keys::append_u16(e, p.slot_end);
+    return {b, e};
+  }
+  std::string b = tp;
+  if (!p.key_begin.empty()) keys::append_bytes(b, p.key_begin);
+  if (p.key_end.empty()) return {b, keys::prefix_successor(tp)};
+  std::string e = tp;
+  keys::append_bytes(e, p.key_end);
+  return {b, e};
+}
+
+Result<PartitionMap> PartitionMap::with_move(uint32_t id, uint32_t to) const {
+  PartitionMap m = *this;
+  auto* p = m.partition(id);
+  if (!p) return Status::invalid_argument("no partition " + std::to_string(id));
+  if (!m.node(to)) return Status::invalid_argument("no node " + std::to_string(to));
+  if (p->owner == to) return Status::invalid_argument("partition " + std::to_string(id) + " is already on node " + std::to_string(to));
+  p->owner = to;
+  ++m.epoch;
+  ++m.moves;
+  return m;
+}
+
+Result<PartitionMap> PartitionMap::with_split(uint32_t id, const std::string& at) const {
+  PartitionMap m = *this;
+  auto* p = m.partition(id);
+  if (!p) return Status::invalid_argument("no partition " + std::to_string(id));
+  auto* t = m.type(p->type);
+  PartitionInfo half = *p;
+  uint32_t next = 0;
+  for (auto& q : m.partitions) next = std::max(next, q.id);
+  half.id = next + 1;
+  if (t->scheme.kind == TypeScheme::Kind::kHash) {
+    uint64_t slot = (p->slot_begin + p->slot_end) / 2;
+    if (!at.empty()) {
+      auto [ptr, ec] = std::from_chars(at.data(), at.data() + at.size(), slot);
+      if (ec != std::errc() || ptr != at.data() + at.size())
+        return Status::invalid_argument("split point of a hash partition is a slot number, not '" + at + "'");
+    }
+    if (slot <= p->slot_begin || slot >= p->slot_end)
+      return Status::invalid_argument("slot " + std::to_string(slot) + " is not inside partition " + std::to_string(id) +
+                                      " (slots " + std::to_string(p->slot_begin) + ".." + std::to_string(p->slot_end) + ")");
+    half.slot_begin = static_cast<uint16_t>(slot);
+    p->slot_end = static_cast<uint16_t>(slot);
+  } else {
+    if (at.empty()) return Status::invalid_argument("splitting a range partition needs a key");
+    if (at <= p->key_begin || (!p->key_end.empty() && at >= p->key_end))
+      return Status::invalid_argument("key '" + at + "' is not inside partition " + std::to_string(id));
+    half.key_begin = at;
+    p->key_end = at;
+  }
+  m.partitions.push_back(half);
+  ++m.epoch;
+  ++m.splits;
+  return m;
+}
+
 Placement PartitionMap::placement() const {
   Placement p;
   for (auto& t : types) p.set_scheme(t.name, t.scheme);
@@ -112,6 +183,7 @@ std::string PartitionMap::encode() const {
   w.varint(partitions.size());
   for (auto& p : partitions)
     w.varint(p.id).bytes(p.type).varint(p.slot_begin).varint(p.slot_end).bytes(p.key_begin).bytes(p.key_end).varint(p.owner);
+  w.varint(moves).varint(splits);
   return w.take();
 }
 
@@ -176,6 +248,11 @@ Result<PartitionMap> PartitionMap::decode(std::string_view bytes) {
     p.owner = static_cast<uint32_t>(*owner);
     m.partitions.push_back(p);
   }
+  auto mv = r.varint();
+  auto sp = r.varint();
+  if (!mv || !sp) return bad();
+  m.moves = *mv;
+  m.splits = *sp;
   return m;
 }
 

@@ -35,7 +35,8 @@ struct WriteBatch::Rep {
   struct Op {
     Cf cf;
     bool del;
-    std::string key, value;
+    std::string key, value;  // for a range delete: [key, value)
+    bool range = false;
   };
   // Writes are recorded as ops and resolved to column-family handles at write time, so a
   // batch can be built without a Store at hand.
@@ -54,6 +55,10 @@ void WriteBatch::put(Cf cf, std::string_view key, std::string_view value) {
 void WriteBatch::del(Cf cf, std::string_view key) {
   rep_->bytes += key.size();
   rep_->ops.push_back({cf, true, std::string(key), {}});
+}
+void WriteBatch::del_range(Cf cf, std::string_view begin, std::string_view end) {
+  rep_->bytes += begin.size() + end.size();
+  rep_->ops.push_back({cf, true, std::string(begin), std::string(end), true});
 }
 size_t WriteBatch::count() const { return rep_->ops.size(); }
 size_t WriteBatch::bytes() const { return rep_->bytes; }
@@ -101,7 +106,9 @@ class RocksStore final : public Store {
     auto& rep = *batch.rep_;
     rep.wb.Clear();
     for (auto& op : rep.ops) {
-      rocksdb::Status s = op.del ? rep.wb.Delete(h(op.cf), op.key) : rep.wb.Put(h(op.cf), op.key, op.value);
+      rocksdb::Status s = op.range ? rep.wb.DeleteRange(h(op.cf), op.key, op.value)
+                          : op.del ? rep.wb.Delete(h(op.cf), op.key)
+                                   : rep.wb.Put(h(op.cf), op.key, op.value);
       if (!s.ok()) return Status::internal("rocksdb batch: " + s.ToString());
     }
     rocksdb::WriteOptions wo;
@@ -232,6 +239,18 @@ void View::committed(uint64_t group) {
     it->second.lru_pos = lru_.begin();
   }
   evict();
+}
+
+void View::invalidate(std::string_view begin, std::string_view end) {
+  for (auto it = map_.begin(); it != map_.end();) {
+    std::string_view k = std::string_view(it->first).substr(1);
+    if (it->second.pinned_group == 0 && k >= begin && k < end) {
+      lru_.erase(it->second.lru_pos);
+      it = map_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 void View::evict() {

@@ -1,4 +1,6 @@
 // tandemctl: the admin CLI of a Tandem cluster.
+#include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <map>
 #include <sstream>
@@ -20,6 +22,9 @@ constexpr const char* kUsage =
     "  inspect TYPE KEY    an entity: state, activities, operations, pending outbox rows\n"
     "  parked              parked (poison) messages on every node\n"
     "  redrive ID          run a parked message again\n"
+    "  move PARTITION NODE move a partition to a node (state, activities, operations, timers, outbox)\n"
+    "  split PARTITION [AT] split a partition: hash at a slot (default: the middle), range at a key\n"
+    "                      (default: the median key)\n"
     "  --config defaults to .tandem/cluster/cluster.conf; --node limits status and parked to one node.\n";
 
 int usage_error(const std::string& why) {
@@ -72,10 +77,10 @@ int main(int argc, char** argv) {
   auto& args = f->positional();
   if (args.empty()) return usage_error("missing command");
   const std::string& cmd = args[0];
-  static const std::map<std::string, size_t> kArity{{"status", 1}, {"partitions", 1}, {"inspect", 3}, {"parked", 1}, {"redrive", 2}};
+  static const std::map<std::string, size_t> kArity{{"status", 1}, {"partitions", 1}, {"inspect", 3}, {"parked", 1}, {"redrive", 2}, {"move", 3}, {"split", 2}};
   auto ar = kArity.find(cmd);
   if (ar == kArity.end()) return usage_error("unknown command '" + cmd + "'");
-  if (args.size() != ar->second)
+  if (args.size() != ar->second && !(cmd == "split" && args.size() == 3))
     return usage_error("'" + cmd + "' takes " + std::to_string(ar->second - 1) + " argument(s), got " +
                        std::to_string(args.size() - 1));
   bool json = f->has("json");
@@ -224,6 +229,36 @@ int main(int argc, char** argv) {
     if (json) std::printf("]\n");
     else if (total == 0 && !failed) std::printf("no parked messages\n");
     return failed ? 1 : 0;
+  }
+
+  if (cmd == "move" || cmd == "split") {
+    uint64_t pid = 0;
+    auto [p, ec] = std::from_chars(args[1].data(), args[1].data() + args[1].size(), pid);
+    if (ec != std::errc() || p != args[1].data() + args[1].size() || pid == 0 || pid > UINT32_MAX)
+      return usage_error("PARTITION must be a partition id (tandemctl partitions lists them), not '" + args[1] + "'");
+    std::string arg = args.size() > 2 ? args[2] : "";
+    if (cmd == "move") {
+      uint64_t to = 0;
+      auto [q, ec2] = std::from_chars(arg.data(), arg.data() + arg.size(), to);
+      if (ec2 != std::errc() || q != arg.data() + arg.size() || to == 0)
+        return usage_error("NODE must be a node id, not '" + arg + "'");
+      bool known = false;
+      for (auto id : c.node_ids()) known |= id == to;
+      if (!known) {
+        std::fprintf(stderr, "tandemctl: no node %s in %s; nothing changed\n", arg.c_str(), o.config_path.c_str());
+        return 1;
+      }
+    }
+    auto ids = c.node_ids();
+    uint32_t controller = *std::min_element(ids.begin(), ids.end());
+    auto r = c.request(controller, cmd, tandem::ByteWriter().varint(pid).bytes(arg).take(), 300'000);
+    if (!r) {
+      std::fprintf(stderr, "tandemctl: %s\n", r.status().message().c_str());
+      return 1;
+    }
+    if (json) std::printf("{\"ok\":true,\"message\":\"%s\"}\n", json_escape(*r).c_str());
+    else std::printf("%s\n", r->c_str());
+    return 0;
   }
 
   if (cmd == "redrive") {

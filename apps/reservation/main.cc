@@ -116,12 +116,15 @@ int main(int argc, char** argv) {
                  static_cast<unsigned long long>(d.orders), static_cast<unsigned long long>(d.items),
                  static_cast<unsigned long long>(d.concurrency), (*client)->nodes());
     auto r = reservation::run_demo(**client, env->clock(), d);
+    (*client)->refresh();
+    auto ms = (*client)->map_summary();
     std::printf(
         "RESULT demo nodes=%zu orders=%llu confirmed=%llu cancelled=%llu orders_per_s=%.1f p50_ms=%.2f p99_ms=%.2f "
-        "durability=%s invariant=%s retries=%llu\n",
+        "durability=%s invariant=%s retries=%llu moves=%llu splits=%llu epoch=%llu\n",
         (*client)->nodes(), static_cast<unsigned long long>(r.orders), static_cast<unsigned long long>(r.confirmed),
         static_cast<unsigned long long>(r.cancelled), r.orders_per_s, r.p50_ms, r.p99_ms, (*client)->durability().c_str(),
-        r.invariant.c_str(), static_cast<unsigned long long>(r.retries));
+        r.invariant.c_str(), static_cast<unsigned long long>(r.retries), static_cast<unsigned long long>(ms.moves),
+        static_cast<unsigned long long>(ms.splits), static_cast<unsigned long long>(ms.epoch));
     return r.invariant == "ok" ? 0 : 1;
   }
   if (f.has("fresh")) std::filesystem::remove_all(n.data_dir);

@@ -34,8 +34,15 @@ class Client final : public Gateway {
   Result<uint64_t> pending_timers() override;
   size_t nodes() const override;
 
-  // One request to one node (tandemctl). Blocks up to 10 s.
-  Result<std::string> request(uint32_t node, const std::string& method, std::string body);
+  // One request to one node (tandemctl). Blocks up to `timeout_ms`.
+  Result<std::string> request(uint32_t node, const std::string& method, std::string body, int64_t timeout_ms = 10'000);
+  // Fetches the map again (after a move or split).
+  void refresh();
+  // Counters from the partition map's history.
+  struct MapSummary {
+    uint64_t epoch = 0, moves = 0, splits = 0, partitions = 0;
+  };
+  MapSummary map_summary() const;
   std::vector<uint32_t> node_ids() const;
   // The node that owns `ref` per the current map (0 for an unknown type).
   uint32_t owner_of(const EntityRef& ref) const;

@@ -32,6 +32,10 @@ class Relay {
   void add(const std::string& row_key, Envelope env);
   // Forgets a row without delivering it (its partition moved away).
   void forget(const std::string& row_key) { pending_.erase(row_key); }
+  // Forgets every row with a key in [begin, end).
+  void forget_range(const std::string& begin, const std::string& end) {
+    pending_.erase(pending_.lower_bound(begin), pending_.lower_bound(end));
+  }
   size_t depth() const { return pending_.size(); }
   uint64_t retries() const { return retries_; }
   // Oldest pending row's age in ms (0 when empty).

@@ -36,9 +36,13 @@ struct PartitionInfo {
   uint32_t owner = 0;
 };
 
+using KeyRange = std::pair<std::string, std::string>;  // [begin, end) of placement-prefixed keys
+
 class PartitionMap {
  public:
   uint64_t epoch = 0;
+  uint64_t moves = 0;   // how many moves and splits the map's history holds
+  uint64_t splits = 0;
   std::vector<NodeInfo> nodes;
   std::vector<TypeSpec> types;
   std::vector<PartitionInfo> partitions;
@@ -49,7 +53,17 @@ class PartitionMap {
   const PartitionInfo* find(const EntityRef& ref) const;
   const NodeInfo* node(uint32_t id) const;
   const TypeSpec* type(std::string_view name) const;
+  PartitionInfo* partition(uint32_t id);
+  const PartitionInfo* partition(uint32_t id) const { return const_cast<PartitionMap*>(this)->partition(id); }
   Placement placement() const;
+  // The keys of a partition's entities in the state, activity, outbox and timer families.
+  KeyRange key_range(const PartitionInfo& p) const;
+  // The same map one epoch later with partition `id` owned by `to`.
+  Result<PartitionMap> with_move(uint32_t id, uint32_t to) const;
+  // The same map one epoch later with partition `id` split in two at `at` (hash: a slot number;
+  // range: a key); `at` empty splits a hash partition at its middle slot. The new half keeps the
+  // owner and gets a fresh id.
+  Result<PartitionMap> with_split(uint32_t id, const std::string& at) const;
 
   std::string encode() const;
   static Result<PartitionMap> decode(std::string_view bytes);

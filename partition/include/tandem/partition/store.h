@@ -42,6 +42,8 @@ class WriteBatch {
   WriteBatch& operator=(WriteBatch&&) noexcept;
   void put(Cf cf, std::string_view key, std::string_view value);
   void del(Cf cf, std::string_view key);
+  // Deletes every key in [begin, end).
+  void del_range(Cf cf, std::string_view begin, std::string_view end);
   size_t count() const;
   size_t bytes() const;
   void clear();
@@ -116,6 +118,9 @@ class View {
   Sealed seal();
   // The sealed group is durable: its entries become evictable.
   void committed(uint64_t group);
+  // Drops clean cached rows with keys in [begin, end) of every family (after the store's
+  // rows there changed underneath the view: a partition arrived or left).
+  void invalidate(std::string_view begin, std::string_view end);
   Store& store() { return store_; }
   size_t cached_entries() const { return map_.size(); }
 
