@@ -4,6 +4,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <thread>
 
 #include <tandem/core/env.h>
 #include <tandem/core/log.h>
@@ -97,6 +98,16 @@ struct Client::Impl {
       return Status::unavailable("node " + std::to_string(id) + " did not answer within " +
                                  std::to_string(timeout_ms / 1000) + " s");
     return f.get();
+  }
+
+  // request() retried while the node is unreachable (it may be restarting), up to 60 s.
+  Result<std::string> request_retrying(uint32_t id, const std::string& method, const std::string& body) {
+    int64_t deadline = env->clock().now_us() + 60'000'000;
+    while (true) {
+      auto r = request(id, method, body);
+      if (r || r.status().code() != Code::kUnavailable || env->clock().now_us() > deadline) return r;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
   }
 
   void refresh_map() {
@@ -218,7 +229,7 @@ void Client::call(const EntityRef& to, uint64_t payload_type, std::string payloa
 
 Status Client::for_each_state(const std::string& type, const std::function<void(const std::string&, Payload&)>& fn) {
   for (auto id : node_ids()) {
-    auto r = impl_->request(id, "scan", type);
+    auto r = impl_->request_retrying(id, "scan", type);
     if (!r) return r.status();
     auto rows = rpc::decode_list(*r);
     if (!rows || rows->size() % 2) return Status::corruption("malformed scan answer from node " + std::to_string(id));
@@ -232,7 +243,7 @@ Status Client::for_each_state(const std::string& type, const std::function<void(
 
 Result<bool> Client::quiescent() {
   for (auto id : node_ids()) {
-    auto r = impl_->request(id, "quiescent", "");
+    auto r = impl_->request_retrying(id, "quiescent", "");
     if (!r) return r.status();
     if (*r != "1") return false;
   }
@@ -242,7 +253,7 @@ Result<bool> Client::quiescent() {
 Result<uint64_t> Client::parked_count() {
   uint64_t n = 0;
   for (auto id : node_ids()) {
-    auto r = impl_->request(id, "parked", "");
+    auto r = impl_->request_retrying(id, "parked", "");
     if (!r) return r.status();
     auto l = rpc::decode_list(*r);
     if (!l) return Status::corruption("malformed parked list");
@@ -254,7 +265,7 @@ Result<uint64_t> Client::parked_count() {
 Result<uint64_t> Client::pending_timers() {
   uint64_t n = 0;
   for (auto id : node_ids()) {
-    auto r = impl_->request(id, "timers", "");
+    auto r = impl_->request_retrying(id, "timers", "");
     if (!r) return r.status();
     n += std::stoull(*r);
   }

@@ -233,3 +233,98 @@ TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-
   CHECK(down.code == 1);
   CHECK(down.text.find("cannot reach the cluster") != std::string::npos);
 }
+
+namespace {
+uint64_t epoch_of(Cluster& c) {
+  auto p = sh(c.ctl + "--json partitions");
+  auto pos = p.text.find("\"epoch\":");
+  REQUIRE(pos != std::string::npos);
+  return std::stoull(p.text.substr(pos + 8));
+}
+}  // namespace
+
+TEST_CASE("moves and splits during the demo keep the invariant (>= 20 moves, >= 5 splits)") {
+  Cluster c;
+  std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf +
+                      " --orders 15000 --items 300 --concurrency 64";
+  auto run = std::async(std::launch::async, [&] { return sh(drive); });
+  std::mt19937 rnd(std::random_device{}());
+  int moves = 0, splits = 0, refused = 0;
+  uint32_t max_pid = 11;  // 6 order + 5 item partitions at start; each split adds one
+  for (int i = 0; i < 120 && (moves < 22 || splits < 6); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100 + rnd() % 200));
+    uint32_t pid = 1 + rnd() % max_pid;
+    bool split = splits < 6 && rnd() % 4 == 0;
+    auto r = sh(c.ctl + (split ? "split " + std::to_string(pid) : "move " + std::to_string(pid) + " " + std::to_string(1 + rnd() % 3)));
+    if (r.code == 0 && split) {
+      ++splits;
+      ++max_pid;
+    } else if (r.code == 0) {
+      ++moves;
+    } else {
+      ++refused;  // already on that node, or too small to split: a clear refusal, nothing changed
+      CHECK((r.text.find("already on node") != std::string::npos || r.text.find("fewer than 2") != std::string::npos ||
+             r.text.find("not inside") != std::string::npos));
+    }
+  }
+  MESSAGE("SUMMARY storm moves=" << moves << " splits=" << splits << " refused=" << refused);
+  CHECK(moves >= 20);
+  CHECK(splits >= 5);
+  auto r = run.get();
+  check_demo_ok(r);
+  // Read everything back once more after the last move: the same orders, retried with their
+  // idempotency keys, must find every order decided and the invariant intact.
+  auto again = sh(drive);
+  check_demo_ok(again);
+  auto st = sh(c.ctl + "--json status");
+  CHECK(st.text.find("\"outbox_depth\":1") == std::string::npos);
+  CHECK(sh(c.ctl + "parked").text.find("no parked messages") != std::string::npos);
+  CHECK(epoch_of(c) == static_cast<uint64_t>(1 + moves + splits));
+}
+
+TEST_CASE("conflicting or malformed move and split commands are refused and leave the map unchanged") {
+  Cluster c;
+  auto d = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 200 --items 100");
+  REQUIRE(d.code == 0);
+  uint64_t epoch = epoch_of(c);
+  struct Case {
+    std::string args, expect;
+  };
+  // Initial map: order partitions 1-6 (hash, 256 slots, owners 1,2,3,1,2,3), item 7-11 (range).
+  std::vector<Case> cases{
+      {"move 99 2", "no partition 99"},
+      {"move 1 9", "no node 9"},
+      {"move 1 1", "already on node 1"},
+      {"move x 2", "PARTITION must be a partition id"},
+      {"move 0 2", "PARTITION must be a partition id"},
+      {"move 1 two", "NODE must be a node id"},
+      {"move 1", "'move' takes 2 argument(s), got 1"},
+      {"move", "'move' takes 2 argument(s), got 0"},
+      {"split 99", "no partition 99"},
+      {"split 1 200", "slot 200 is not inside partition 1"},
+      {"split 1 0", "slot 0 is not inside partition 1"},
+      {"split 1 abc", "split point of a hash partition is a slot number"},
+      {"split 8 sku-1", "key 'sku-1' is not inside partition 8"},
+      {"split 7 sku-9", "key 'sku-9' is not inside partition 7"},
+      {"split", "'split' takes 1 argument(s), got 0"},
+      {"split 1 2 3", "'split' takes 1 argument(s), got 3"},
+      {"mvoe 1 2", "unknown command 'mvoe'"},
+  };
+  for (auto& k : cases) {
+    CAPTURE(k.args);
+    auto r = sh(c.ctl + k.args);
+    CHECK(r.code != 0);
+    CHECK(r.text.find(k.expect) != std::string::npos);
+  }
+  CHECK(epoch_of(c) == epoch);
+  // Two commands at once: the second is refused while the first runs.
+  bool conflict_seen = false;
+  for (int i = 0; i < 10 && !conflict_seen; ++i) {
+    auto a = std::async(std::launch::async, [&] { return sh(c.ctl + "move 7 " + std::to_string(2 + i % 2)); });
+    auto b = sh(c.ctl + "split 1");
+    auto ar = a.get();
+    conflict_seen = b.text.find("another move or split is in progress") != std::string::npos ||
+                    ar.text.find("another move or split is in progress") != std::string::npos;
+  }
+  CHECK(conflict_seen);
+}
