@@ -197,7 +197,7 @@ void Engine::stop() {
     std::lock_guard lock(calls_mu_);
     waiting.swap(calls_);
   }
-  for (auto& [k, fn] : waiting) fn(ClientReply{Status::unavailable("node stopped"), 0, {}});
+  for (auto& [k, w] : waiting) w.done(ClientReply{Status::unavailable("node stopped"), 0, {}});
 }
 
 // ---- inbound ----
@@ -221,10 +221,13 @@ void Engine::deliver(Envelope env, messaging::AckFn ack) {
   if (wake && exec_) exec_->post([this] { schedule_step(); });
 }
 
-std::string Engine::call_key(const std::string& client_id, const std::string& idem) {
-  std::string k = client_id;
-  k.push_back('\0');
-  k += idem;
+// Idempotency is per (entity, client, key): the same key sent to two entities is two requests.
+std::string Engine::call_key(const EntityRef& to, const std::string& client_id, const std::string& idem) {
+  std::string k;
+  keys::append_bytes(k, to.type);
+  keys::append_bytes(k, to.key);
+  keys::append_bytes(k, client_id);
+  keys::append_bytes(k, idem);
   return k;
 }
 
@@ -241,11 +244,14 @@ void Engine::call(const EntityRef& to, uint64_t payload_type, std::string payloa
     return refuse(Status::invalid_argument("payload too large (" + std::to_string(payload.size()) + " bytes)"));
   {
     std::lock_guard lock(calls_mu_);
-    auto [it, inserted] = calls_.try_emplace(call_key(client_id, idem), std::move(done));
-    if (!inserted) {
+    auto key = call_key(to, client_id, idem);
+    auto it = calls_.find(key);
+    if (it == calls_.end()) {
+      calls_.emplace(std::move(key), Waiting{placement_.entity_prefix(to), std::move(done)});
+    } else {
       // The same request is already waiting: chain both callers onto the one reply.
-      auto first = std::move(it->second);
-      it->second = [first = std::move(first), second = std::move(done)](ClientReply r) {
+      auto first = std::move(it->second.done);
+      it->second.done = [first = std::move(first), second = std::move(done)](ClientReply r) {
         first(r);
         second(std::move(r));
       };
@@ -269,7 +275,7 @@ void Engine::complete_call(const std::string& key, ClientReply reply) {
     std::lock_guard lock(calls_mu_);
     auto it = calls_.find(key);
     if (it == calls_.end()) return;  // the client is gone; the reply stays stored for its retry
-    fn = std::move(it->second);
+    fn = std::move(it->second.done);
     calls_.erase(it);
   }
   c_.inflight--;
@@ -348,7 +354,7 @@ void Engine::process(Work& w) {
       open_.relay_rows.emplace_back(std::move(key), std::move(out));
     }
   }
-  for (auto& c : t.client_outputs()) open_.client_replies.emplace_back(call_key(c.client_id, c.idem), std::move(c.reply));
+  for (auto& c : t.client_outputs()) open_.client_replies.emplace_back(call_key(env.to, c.client_id, c.idem), std::move(c.reply));
   for (auto& tm : t.timers()) open_.timers.insert({tm.due_ms, std::move(tm.key)});
   for (auto& tm : t.cancelled_timers()) {
     TimerEntry e{tm.due_ms, std::move(tm.key)};
@@ -373,7 +379,7 @@ void Engine::defer_frozen(Work& w) {
   }
   if (!w.timer_key.empty()) return;  // the timer row moves with the partition (re-armed on abort)
   if (env.kind == Kind::kClientRequest) {
-    open_.client_replies.emplace_back(call_key(env.from.key, env.idempotency_key),
+    open_.client_replies.emplace_back(call_key(env.to, env.from.key, env.idempotency_key),
                                       ClientReply{Status::unavailable("moved: the partition of " + env.to.to_string() +
                                                                       " is moving or has moved"), 0, {}});
     return;
@@ -449,6 +455,26 @@ Status Engine::release(const std::vector<partition::KeyRange>& ranges) {
     }
     TANDEM_TRY(store_->write(b, true));
     for (auto& [begin, end] : ranges) view_->invalidate(begin, end);
+    // Clients waiting here for a reply from these entities: the reply will be produced (and
+    // stored) at the new owner; send them there now rather than let them time out.
+    std::vector<std::function<void(ClientReply)>> moved;
+    {
+      std::lock_guard lock(calls_mu_);
+      for (auto it = calls_.begin(); it != calls_.end();) {
+        bool gone = false;
+        for (auto& [begin, end] : ranges) gone |= it->second.prefix >= begin && it->second.prefix < end;
+        if (gone) {
+          moved.push_back(std::move(it->second.done));
+          it = calls_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (auto& fn : moved) {
+      c_.inflight--;
+      fn(ClientReply{Status::unavailable("moved: the entity's partition moved to another node"), 0, {}});
+    }
     c_.outbox_depth = relay_->depth();
     c_.timers = timers_.size();
     return Status::ok();
@@ -506,7 +532,7 @@ void Engine::park(Work& w, const std::string& reason) {
   view_->apply(std::move(txn));
   if (w.ack) open_.acks.push_back(std::move(w.ack));
   if (env.kind == Kind::kClientRequest)
-    open_.client_replies.emplace_back(call_key(env.from.key, env.idempotency_key),
+    open_.client_replies.emplace_back(call_key(env.to, env.from.key, env.idempotency_key),
                                       ClientReply{Status::invalid_argument("message parked: " + reason), 0, {}});
   open_.transitions++;
 }

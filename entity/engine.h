@@ -126,7 +126,7 @@ class Engine final : public messaging::Inbound {
   void on_relay_acked(const std::string& row_key);
   Status recover();
   std::string work_id(const messaging::Envelope& env) const;
-  static std::string call_key(const std::string& client_id, const std::string& idem);
+  static std::string call_key(const EntityRef& to, const std::string& client_id, const std::string& idem);
   void complete_call(const std::string& key, ClientReply reply);
 
   Env& env_;
@@ -170,7 +170,11 @@ class Engine final : public messaging::Inbound {
 
   std::atomic<bool> running_{false};  // calls are refused outside start() .. stop()
   mutable std::mutex calls_mu_;
-  std::unordered_map<std::string, std::function<void(ClientReply)>> calls_;
+  struct Waiting {
+    std::string prefix;  // the placement prefix of the entity called
+    std::function<void(ClientReply)> done;
+  };
+  std::unordered_map<std::string, Waiting> calls_;
 
   struct Counters {
     std::atomic<uint64_t> applied{0}, duplicates{0}, parked{0}, failures{0}, commits{0}, commit_us{0},

@@ -69,6 +69,19 @@ TEST_CASE_FIXTURE(NodeFixture, "a client retry with the same idempotency key get
   CHECK(counter("c") == 6);
 }
 
+TEST_CASE_FIXTURE(NodeFixture, "the same idempotency key sent to different entities is two requests, each answered") {
+  start();
+  std::promise<int64_t> a, b;
+  node->call<Add>({"counter", "ka"}, "test-client", "shared-key", [](Add::Builder m) { m.setN(5); },
+                  [&](tandem::entity::ClientReply r) { a.set_value(total_of(r)); });
+  node->call<Add>({"counter", "kb"}, "test-client", "shared-key", [](Add::Builder m) { m.setN(7); },
+                  [&](tandem::entity::ClientReply r) { b.set_value(total_of(r)); });
+  CHECK(a.get_future().get() == 5);
+  CHECK(b.get_future().get() == 7);
+  CHECK(counter("ka") == 5);
+  CHECK(counter("kb") == 7);
+}
+
 TEST_CASE_FIXTURE(NodeFixture, "a reused idempotency key with a different payload is refused and changes nothing") {
   start();
   CHECK(total_of(call<Add>({"counter", "d"}, "k", [](Add::Builder b) { b.setN(5); })) == 5);
