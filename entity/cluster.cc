@@ -281,6 +281,31 @@ Status ClusterNode::start() {
   if (!port) return port.status();
   auto admin = net_->listen(self_.admin, [this](std::shared_ptr<net::Connection> c) { serve_metrics(std::move(c)); });
   if (!admin) return admin.status();
+  if (self_.id == controller_) {
+    // The controller's map is authoritative: drop what a move that died after its commit left
+    // here, and tell every node the current map (one may have missed it while this node was down).
+    std::vector<uint32_t> not_mine;
+    {
+      std::lock_guard lock(map_mu_);
+      for (auto& p : map_.partitions)
+        if (p.owner != self_.id) not_mine.push_back(p.id);
+    }
+    TANDEM_TRY(engine_->release(ranges_of(not_mine)));
+    ctl_exec_->post([this] {
+      std::string enc;
+      {
+        std::lock_guard lock(map_mu_);
+        enc = map_.encode();
+      }
+      for (auto& n : config_.nodes) {
+        if (n.id == self_.id) continue;
+        for (int attempt = 0; attempt < 50; ++attempt) {
+          if (call_node(n.id, "map-reset", enc)) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        }
+      }
+    });
+  }
   log::info("node {} serving on {} (metrics on http://{}/metrics), data {}, durability {}", self_.id,
             self_.addr.to_string(), self_.admin.to_string(), opts_.data_dir, opts_.durability);
   return Status::ok();
@@ -420,10 +445,21 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
     TANDEM_TRY(engine_->store().write(b, true));
     return std::to_string(*n);
   }
-  if (method == "map-update" || method == "adopt" || method == "release") {
+  if (method == "map-update" || method == "adopt" || method == "release" || method == "map-reset") {
     auto m = partition::PartitionMap::decode(body);
     if (!m) return m.status();
     TANDEM_TRY(adopt_map(std::move(*m)));
+    if (method == "map-reset") {
+      // Sent by a controller that just started, so no move is under way: whatever this node
+      // holds of partitions it does not own is left over from a move that died; drop it.
+      std::vector<uint32_t> not_mine;
+      {
+        std::lock_guard lock(map_mu_);
+        for (auto& p : map_.partitions)
+          if (p.owner != self_.id) not_mine.push_back(p.id);
+      }
+      TANDEM_TRY(engine_->release(ranges_of(not_mine)));
+    }
     return std::string("ok");
   }
   auto pid = r.varint();
@@ -519,6 +555,9 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
     return Status::unavailable("move aborted, partition " + std::to_string(pid) + " stays on node " + std::to_string(from) +
                                ": " + why.message());
   };
+  // A stale copy at the target (an earlier move that died before its commit) must not mix in.
+  if (auto d = call_node(to, "drop", ByteWriter().varint(pid).take()); !d)
+    return Status::unavailable("move refused: node " + std::to_string(to) + " is unreachable: " + d.status().message());
   if (auto f = call_node(from, "freeze", ByteWriter().varint(pid).take()); !f) return abort(f.status());
   log::info("move of partition {}: exporting to node {}", pid, to);
   auto exported = call_node(from, "export", ByteWriter().varint(pid).varint(to).take());
@@ -646,7 +685,7 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
     return;
   }
   if (method == "ingest" || method == "freeze" || method == "unfreeze" || method == "export" || method == "adopt" ||
-      method == "release" || method == "drop" || method == "map-update" || method == "median") {
+      method == "release" || method == "drop" || method == "map-update" || method == "map-reset" || method == "median") {
     if (role != "node") return respond(Status::invalid_argument(method + " is for nodes only"), {});
     if (method == "ingest") {  // a plain store write: no need to leave the network thread
       auto r = handle_partition_request(method, std::move(body));
@@ -670,7 +709,7 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
                                     [&](std::string_view k, std::string_view v) {
                                       EntityRef ref;
                                       std::string_view rest;
-                                      if (placement.decode_entity(k, ref, rest) && rest == "s") {
+                                      if (placement.decode_entity(k, ref, rest) && rest == "s" && owns(ref)) {
                                         out.push_back(ref.key);
                                         out.emplace_back(v);
                                       }
