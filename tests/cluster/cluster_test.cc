@@ -51,7 +51,7 @@ struct Cluster {
 
   explicit Cluster(int nodes = 3) {
     std::random_device rd;
-    base = 20000 + static_cast<int>(rd() % 200) * 200;
+    base = 10000 + static_cast<int>(rd() % 110) * 200;  // below the ephemeral range (32768+)
     env = "TANDEM_CLUSTER_DIR=" + dir.sub("c") + " ";
     conf = dir.sub("c") + "/cluster.conf";
     ctl = std::string(TANDEMCTL_BIN) + " --config " + conf + " ";
