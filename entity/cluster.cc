@@ -625,6 +625,69 @@ Result<std::string> ClusterNode::split(uint32_t pid, const std::string& at_arg) 
   return out;
 }
 
+Result<std::string> ClusterNode::merge(uint32_t a, uint32_t b) {
+  partition::PartitionMap current;
+  {
+    std::lock_guard lock(map_mu_);
+    current = map_;
+  }
+  auto next = current.with_merge(a, b);
+  if (!next) return next.status();
+  TANDEM_TRY(adopt_map(*next));
+  std::string enc = next->encode();
+  for (auto& n : next->nodes)
+    if (n.id != self_.id)
+      call_node(n.id, "map-update", enc).status().ignore_error("others learn the map on their next moved answer");
+  std::string out = "merged partition " + std::to_string(b) + " into " + std::to_string(a) + "; epoch " + std::to_string(next->epoch);
+  log::info("{}", out);
+  return out;
+}
+
+Result<std::string> ClusterNode::run_plan(const std::vector<std::pair<uint32_t, uint32_t>>& plan) {
+  std::string out;
+  for (auto& [pid, to] : plan) {
+    auto r = move(pid, to);
+    if (!r) return Status::from_code(r.status().code(), out + "stopped: " + r.status().message());
+    out += *r + "\n";
+  }
+  return out;
+}
+
+Result<std::string> ClusterNode::drain(uint32_t node) {
+  partition::PartitionMap next;
+  {
+    std::lock_guard lock(map_mu_);
+    if (!map_.node(node)) return Status::invalid_argument("no node " + std::to_string(node));
+    if (map_.is_draining(node)) return Status::invalid_argument("node " + std::to_string(node) + " is already draining");
+    next = map_;
+  }
+  if (next.draining.size() + 1 >= next.nodes.size()) return Status::invalid_argument("cannot drain the last node that is not draining");
+  next.draining.push_back(node);
+  ++next.epoch;
+  TANDEM_TRY(adopt_map(next));
+  std::string enc = next.encode();
+  for (auto& n : next.nodes)
+    if (n.id != self_.id) call_node(n.id, "map-update", enc).status().ignore_error("learned later");
+  auto r = run_plan(next.rebalance_plan());
+  if (!r) return r.status();
+  return *r + "node " + std::to_string(node) + " is drained: it owns no partition and takes none";
+}
+
+Result<std::string> ClusterNode::rebalance(bool dry_run) {
+  std::vector<std::pair<uint32_t, uint32_t>> plan;
+  {
+    std::lock_guard lock(map_mu_);
+    plan = map_.rebalance_plan();
+  }
+  if (plan.empty()) return std::string("balanced: nothing to move");
+  if (dry_run) {
+    std::string out = "plan (" + std::to_string(plan.size()) + " moves, not executed):\n";
+    for (auto& [pid, to] : plan) out += "  move partition " + std::to_string(pid) + " to node " + std::to_string(to) + "\n";
+    return out;
+  }
+  return run_plan(plan);
+}
+
 bool ClusterNode::owns(const EntityRef& ref) const {
   std::lock_guard lock(map_mu_);
   auto* p = map_.find(ref);
@@ -653,7 +716,7 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
                   [respond](ClientReply r) { respond(r.status, rpc::Reply{r.payload_type, std::move(r.payload)}.encode()); });
     return;
   }
-  if (method == "move" || method == "split") {
+  if (method == "move" || method == "split" || method == "merge" || method == "drain" || method == "rebalance") {
     if (!admin) return respond(Status::invalid_argument(method + " needs an admin connection"), {});
     if (self_.id != controller_)
       return respond(Status::invalid_argument("node " + std::to_string(self_.id) + " is not the controller (node " +
@@ -670,12 +733,21 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
       auto arg = r.bytes();
       if (!pid || !arg) return respond(Status::invalid_argument("malformed " + method + " request"), {});
       Result<std::string> out = Status::ok();
+      auto number = [](const std::string& a, uint64_t& v) {
+        auto [ptr, ec] = std::from_chars(a.data(), a.data() + a.size(), v);
+        return ec == std::errc() && ptr == a.data() + a.size() && v > 0 && v <= UINT32_MAX;
+      };
+      uint64_t n = 0;
       if (method == "move") {
-        uint64_t to = 0;
-        auto [ptr, ec] = std::from_chars(arg->data(), arg->data() + arg->size(), to);
-        if (ec != std::errc() || ptr != arg->data() + arg->size() || to == 0 || to > UINT32_MAX)
-          return respond(Status::invalid_argument("target node must be a node id, not '" + *arg + "'"), {});
-        out = move(static_cast<uint32_t>(*pid), static_cast<uint32_t>(to));
+        if (!number(*arg, n)) return respond(Status::invalid_argument("target node must be a node id, not '" + *arg + "'"), {});
+        out = move(static_cast<uint32_t>(*pid), static_cast<uint32_t>(n));
+      } else if (method == "merge") {
+        if (!number(*arg, n)) return respond(Status::invalid_argument("a partition id, not '" + *arg + "'"), {});
+        out = merge(static_cast<uint32_t>(*pid), static_cast<uint32_t>(n));
+      } else if (method == "drain") {
+        out = drain(static_cast<uint32_t>(*pid));
+      } else if (method == "rebalance") {
+        out = rebalance(*pid == 1);
       } else {
         out = split(static_cast<uint32_t>(*pid), *arg);
       }

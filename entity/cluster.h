@@ -54,6 +54,10 @@ class ClusterNode {
   // Controller operations (run on ctl_exec_).
   Result<std::string> move(uint32_t pid, uint32_t to);
   Result<std::string> split(uint32_t pid, const std::string& at);
+  Result<std::string> merge(uint32_t a, uint32_t b);
+  Result<std::string> drain(uint32_t node);
+  Result<std::string> rebalance(bool dry_run);
+  Result<std::string> run_plan(const std::vector<std::pair<uint32_t, uint32_t>>& plan);
   Status adopt_map(partition::PartitionMap next);  // newer map: adopt arrived partitions, release gone ones
   Status persist_map(const partition::PartitionMap& m);
   std::vector<partition::KeyRange> ranges_of(const std::vector<uint32_t>& pids) const;

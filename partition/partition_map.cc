@@ -1,6 +1,8 @@
 #include <tandem/partition/partition_map.h>
 
 #include <algorithm>
+#include <climits>
+#include <map>
 #include <charconv>
 #include <fstream>
 #include <sstream>
@@ -103,6 +105,7 @@ Result<PartitionMap> PartitionMap::with_move(uint32_t id, uint32_t to) const {
   if (!p) return Status::invalid_argument("no partition " + std::to_string(id));
   if (!m.node(to)) return Status::invalid_argument("no node " + std::to_string(to));
   if (p->owner == to) return Status::invalid_argument("partition " + std::to_string(id) + " is already on node " + std::to_string(to));
+  if (m.is_draining(to)) return Status::invalid_argument("node " + std::to_string(to) + " is draining");
   p->owner = to;
   ++m.epoch;
   ++m.moves;
@@ -141,6 +144,73 @@ Result<PartitionMap> PartitionMap::with_split(uint32_t id, const std::string& at
   ++m.epoch;
   ++m.splits;
   return m;
+}
+
+bool PartitionMap::is_draining(uint32_t node) const {
+  return std::find(draining.begin(), draining.end(), node) != draining.end();
+}
+
+Result<PartitionMap> PartitionMap::with_merge(uint32_t a_id, uint32_t b_id) const {
+  PartitionMap m = *this;
+  auto* a = m.partition(a_id);
+  auto* b = m.partition(b_id);
+  if (!a) return Status::invalid_argument("no partition " + std::to_string(a_id));
+  if (!b) return Status::invalid_argument("no partition " + std::to_string(b_id));
+  if (a_id == b_id) return Status::invalid_argument("cannot merge a partition with itself");
+  if (a->type != b->type) return Status::invalid_argument("partitions " + std::to_string(a_id) + " and " + std::to_string(b_id) + " hold different types");
+  if (a->owner != b->owner)
+    return Status::invalid_argument("partitions " + std::to_string(a_id) + " and " + std::to_string(b_id) +
+                                    " are on different nodes; move one first");
+  auto* t = m.type(a->type);
+  if (t->scheme.kind == TypeScheme::Kind::kHash) {
+    if (a->slot_end == b->slot_begin) a->slot_end = b->slot_end;
+    else if (b->slot_end == a->slot_begin) a->slot_begin = b->slot_begin;
+    else return Status::invalid_argument("partitions " + std::to_string(a_id) + " and " + std::to_string(b_id) + " are not adjacent");
+  } else {
+    if (!a->key_end.empty() && a->key_end == b->key_begin) a->key_end = b->key_end;
+    else if (!b->key_end.empty() && b->key_end == a->key_begin) a->key_begin = b->key_begin;
+    else return Status::invalid_argument("partitions " + std::to_string(a_id) + " and " + std::to_string(b_id) + " are not adjacent");
+  }
+  m.partitions.erase(std::remove_if(m.partitions.begin(), m.partitions.end(), [&](auto& p) { return p.id == b_id; }),
+                     m.partitions.end());
+  ++m.epoch;
+  return m;
+}
+
+std::vector<std::pair<uint32_t, uint32_t>> PartitionMap::rebalance_plan() const {
+  std::vector<std::pair<uint32_t, uint32_t>> plan;
+  std::map<uint32_t, std::vector<uint32_t>> by_node;  // node -> partitions
+  for (auto& n : nodes) by_node[n.id];
+  for (auto& p : partitions) by_node[p.owner].push_back(p.id);
+  auto least = [&]() -> uint32_t {
+    uint32_t best = 0;
+    size_t count = SIZE_MAX;
+    for (auto& [id, ps] : by_node)
+      if (!is_draining(id) && ps.size() < count) best = id, count = ps.size();
+    return best;
+  };
+  for (uint32_t d : draining) {
+    for (auto pid : std::vector<uint32_t>(by_node[d])) {
+      uint32_t to = least();
+      if (!to) return plan;  // every node is draining
+      plan.emplace_back(pid, to);
+      by_node[to].push_back(pid);
+    }
+    by_node[d].clear();
+  }
+  while (true) {
+    uint32_t most = 0;
+    size_t count = 0;
+    for (auto& [id, ps] : by_node)
+      if (!is_draining(id) && ps.size() > count) most = id, count = ps.size();
+    uint32_t to = least();
+    if (!most || !to || by_node[most].size() <= by_node[to].size() + 1) break;
+    uint32_t pid = by_node[most].back();
+    by_node[most].pop_back();
+    by_node[to].push_back(pid);
+    plan.emplace_back(pid, to);
+  }
+  return plan;
 }
 
 Placement PartitionMap::placement() const {
@@ -183,7 +253,8 @@ std::string PartitionMap::encode() const {
   w.varint(partitions.size());
   for (auto& p : partitions)
     w.varint(p.id).bytes(p.type).varint(p.slot_begin).varint(p.slot_end).bytes(p.key_begin).bytes(p.key_end).varint(p.owner);
-  w.varint(moves).varint(splits);
+  w.varint(moves).varint(splits).varint(draining.size());
+  for (auto d : draining) w.varint(d);
   return w.take();
 }
 
@@ -253,6 +324,13 @@ Result<PartitionMap> PartitionMap::decode(std::string_view bytes) {
   if (!mv || !sp) return bad();
   m.moves = *mv;
   m.splits = *sp;
+  auto nd = r.varint();
+  if (!nd || *nd > 10'000) return bad();
+  for (uint64_t i = 0; i < *nd; ++i) {
+    auto d = r.varint();
+    if (!d) return bad();
+    m.draining.push_back(static_cast<uint32_t>(*d));
+  }
   return m;
 }
 

@@ -25,6 +25,9 @@ constexpr const char* kUsage =
     "  move PARTITION NODE move a partition to a node (state, activities, operations, timers, outbox)\n"
     "  split PARTITION [AT] split a partition: hash at a slot (default: the middle), range at a key\n"
     "                      (default: the median key)\n"
+    "  merge PARTITION PARTITION  join two adjacent partitions of one type on one node\n"
+    "  rebalance [--dry-run] even out partitions over the nodes, one move at a time\n"
+    "  drain-node NODE     move every partition off a node; no partition moves to it afterwards\n"
     "  --config defaults to .tandem/cluster/cluster.conf; --node limits status and parked to one node.\n";
 
 int usage_error(const std::string& why) {
@@ -67,7 +70,7 @@ std::string printable(const std::string& s) { return tandem::EntityRef{"", s}.to
 }  // namespace
 
 int main(int argc, char** argv) {
-  auto f = tandem::Flags::parse(argc, argv, 1, {"config", "node"}, {"json", "help"});
+  auto f = tandem::Flags::parse(argc, argv, 1, {"config", "node"}, {"json", "help", "dry-run"});
   if (!f) return usage_error(f.status().message());
   if (f->has("help")) {
     std::fputs(kUsage, stdout);
@@ -77,7 +80,7 @@ int main(int argc, char** argv) {
   auto& args = f->positional();
   if (args.empty()) return usage_error("missing command");
   const std::string& cmd = args[0];
-  static const std::map<std::string, size_t> kArity{{"status", 1}, {"partitions", 1}, {"inspect", 3}, {"parked", 1}, {"redrive", 2}, {"move", 3}, {"split", 2}};
+  static const std::map<std::string, size_t> kArity{{"status", 1}, {"partitions", 1}, {"inspect", 3}, {"parked", 1}, {"redrive", 2}, {"move", 3}, {"split", 2}, {"merge", 3}, {"rebalance", 1}, {"drain-node", 2}};
   auto ar = kArity.find(cmd);
   if (ar == kArity.end()) return usage_error("unknown command '" + cmd + "'");
   if (args.size() != ar->second && !(cmd == "split" && args.size() == 3))
@@ -231,12 +234,40 @@ int main(int argc, char** argv) {
     return failed ? 1 : 0;
   }
 
-  if (cmd == "move" || cmd == "split") {
+  if (cmd == "rebalance" || cmd == "drain-node") {
+    std::string method = cmd == "rebalance" ? "rebalance" : "drain";
+    uint64_t arg = 0;
+    if (cmd == "rebalance") {
+      arg = f->has("dry-run") ? 1 : 0;
+    } else {
+      auto [p, ec] = std::from_chars(args[1].data(), args[1].data() + args[1].size(), arg);
+      if (ec != std::errc() || p != args[1].data() + args[1].size() || arg == 0)
+        return usage_error("NODE must be a node id, not '" + args[1] + "'");
+    }
+    auto ids = c.node_ids();
+    uint32_t controller = *std::min_element(ids.begin(), ids.end());
+    auto r = c.request(controller, method, tandem::ByteWriter().varint(arg).bytes("").take(), 600'000);
+    if (!r) {
+      std::fprintf(stderr, "tandemctl: %s\n", r.status().message().c_str());
+      return 1;
+    }
+    if (json) std::printf("{\"ok\":true,\"message\":\"%s\"}\n", json_escape(*r).c_str());
+    else std::printf("%s\n", r->c_str());
+    return 0;
+  }
+
+  if (cmd == "move" || cmd == "split" || cmd == "merge") {
     uint64_t pid = 0;
     auto [p, ec] = std::from_chars(args[1].data(), args[1].data() + args[1].size(), pid);
     if (ec != std::errc() || p != args[1].data() + args[1].size() || pid == 0 || pid > UINT32_MAX)
       return usage_error("PARTITION must be a partition id (tandemctl partitions lists them), not '" + args[1] + "'");
     std::string arg = args.size() > 2 ? args[2] : "";
+    if (cmd == "merge") {
+      uint64_t other = 0;
+      auto [q, ec2] = std::from_chars(arg.data(), arg.data() + arg.size(), other);
+      if (ec2 != std::errc() || q != arg.data() + arg.size() || other == 0)
+        return usage_error("PARTITION must be a partition id, not '" + arg + "'");
+    }
     if (cmd == "move") {
       uint64_t to = 0;
       auto [q, ec2] = std::from_chars(arg.data(), arg.data() + arg.size(), to);

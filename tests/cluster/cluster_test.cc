@@ -312,6 +312,15 @@ TEST_CASE("conflicting or malformed move and split commands are refused and leav
       {"split", "'split' takes 1 argument(s), got 0"},
       {"split 1 2 3", "'split' takes 1 argument(s), got 3"},
       {"mvoe 1 2", "unknown command 'mvoe'"},
+      {"merge 1 1", "cannot merge a partition with itself"},
+      {"merge 1 7", "hold different types"},
+      {"merge 1 2", "are on different nodes"},
+      {"merge 1 4", "are not adjacent"},
+      {"merge 1 x", "PARTITION must be a partition id"},
+      {"merge 1 99", "no partition 99"},
+      {"drain-node 9", "no node 9"},
+      {"drain-node x", "NODE must be a node id"},
+      {"rebalance now", "'rebalance' takes 0 argument(s), got 1"},
   };
   for (auto& k : cases) {
     CAPTURE(k.args);
@@ -404,4 +413,37 @@ TEST_CASE("a duplicate of a message applied before a move is not applied again a
   auto after = sh(c.ctl + "inspect item sku-1");
   CHECK(after.text == moved.text);  // nothing changed: same state, activities, operations
   check_demo_ok(sh(drive));          // and the invariant still holds
+}
+
+TEST_CASE("rebalance plans and evens out, drain-node empties a node and refuses moves to it, merge joins") {
+  Cluster c;
+  std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 600 --items 60";
+  REQUIRE(sh(drive).code == 0);
+  CHECK(sh(c.ctl + "rebalance --dry-run").text.find("balanced: nothing to move") != std::string::npos);
+  REQUIRE(sh(c.ctl + "move 2 1").code == 0);
+  REQUIRE(sh(c.ctl + "move 3 1").code == 0);
+  uint64_t epoch = epoch_of(c);
+  auto plan = sh(c.ctl + "rebalance --dry-run");
+  CHECK(plan.text.find("plan (2 moves, not executed)") != std::string::npos);
+  CHECK(epoch_of(c) == epoch);  // a dry run changes nothing
+  auto reb = sh(c.ctl + "rebalance");
+  CHECK(reb.code == 0);
+  CHECK(sh(c.ctl + "rebalance --dry-run").text.find("balanced") != std::string::npos);
+  auto drain = sh(c.ctl + "drain-node 3");
+  INFO(drain.text);
+  CHECK(drain.code == 0);
+  CHECK(drain.text.find("node 3 is drained") != std::string::npos);
+  auto st = sh(c.ctl + "--json status");
+  CHECK(st.text.find("\"node\":3,\"address\":\"127.0.0.1:" + std::to_string(c.port(3)) + "\",\"epoch\":" +
+                     std::to_string(epoch_of(c)) + ",\"partitions\":0") != std::string::npos);
+  auto refused = sh(c.ctl + "move 1 3");
+  CHECK(refused.code != 0);
+  CHECK(refused.text.find("node 3 is draining") != std::string::npos);
+  CHECK(sh(c.ctl + "drain-node 3").text.find("already draining") != std::string::npos);
+  // Partitions 1 and 2 (adjacent order slots) are both on node 1 after the moves above.
+  auto m = sh(c.ctl + "merge 1 2");
+  INFO(m.text);
+  CHECK(m.code == 0);
+  CHECK(sh(c.ctl + "partitions").text.find("slots 0..85") != std::string::npos);
+  check_demo_ok(sh(drive));
 }

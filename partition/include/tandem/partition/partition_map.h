@@ -43,6 +43,7 @@ class PartitionMap {
   uint64_t epoch = 0;
   uint64_t moves = 0;   // how many moves and splits the map's history holds
   uint64_t splits = 0;
+  std::vector<uint32_t> draining;  // nodes being emptied: no partition may move to them
   std::vector<NodeInfo> nodes;
   std::vector<TypeSpec> types;
   std::vector<PartitionInfo> partitions;
@@ -64,6 +65,14 @@ class PartitionMap {
   // range: a key); `at` empty splits a hash partition at its middle slot. The new half keeps the
   // owner and gets a fresh id.
   Result<PartitionMap> with_split(uint32_t id, const std::string& at) const;
+  // The same map one epoch later with adjacent partitions `a` and `b` (same type, same owner)
+  // joined into `a`.
+  Result<PartitionMap> with_merge(uint32_t a, uint32_t b) const;
+  bool is_draining(uint32_t node) const;
+  // Moves (partition id, target node) that even out partition counts over the nodes that are
+  // not draining, and empty the draining ones. Each move is planned against the map as the
+  // moves before it leave it.
+  std::vector<std::pair<uint32_t, uint32_t>> rebalance_plan() const;
 
   std::string encode() const;
   static Result<PartitionMap> decode(std::string_view bytes);
