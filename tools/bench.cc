@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <random>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include <tandem/core/bytes.h>
 #include <tandem/core/env.h>
 #include <tandem/core/flags.h>
 #include <tandem/core/log.h>
@@ -501,6 +503,126 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
   return rc;
 }
 
+// A partition of `entities` pingers (each with an activity: the client reply record), moved
+// from node 1 to node 2 while a client keeps calling its entities at a steady rate.
+int bench_move(const std::string& self_bin, uint64_t entities, const Opts& opts) {
+  std::string dir = scratch("move");
+  std::filesystem::create_directories(dir);
+  std::string types = dir + "-types";
+  std::ofstream(types) << "type pinger hash slots=16 partitions=1\n"
+                          "type order hash slots=256 partitions=6\n"
+                          "type item range splits=sku-2,sku-4,sku-6,sku-8\n"
+                          "type runner hash partitions=3\n";
+  std::string launcher = std::string(TANDEM_SOURCE_DIR) + "/tools/tandem-cluster";
+  std::string env = "TANDEM_CLUSTER_DIR=" + dir + " ";
+  if (std::system((env + launcher + " up --nodes 3 --durability strict --base-port 27500 --types " + types +
+                   " --binary " + self_bin + " > /dev/null").c_str()) != 0) {
+    std::fprintf(stderr, "tandem-bench: cannot start the cluster (see %s)\n", dir.c_str());
+    return 1;
+  }
+  tandem::entity::Client::Options co;
+  co.config_path = dir + "/cluster.conf";
+  co.role = "admin";  // it moves partitions
+  auto client = tandem::entity::Client::connect(co);
+  int rc = 0;
+  if (!client) {
+    std::fprintf(stderr, "tandem-bench: %s\n", client.status().to_string().c_str());
+    rc = 1;
+  } else {
+    auto& c = **client;
+    // 1. Populate.
+    std::atomic<uint64_t> done{0};
+    double t0 = now_s();
+    for (uint64_t i = 0; i < entities; ++i) {
+      while (i - done > 4096) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      c.call<Echo>(EntityRef{"pinger", "e" + std::to_string(i)}, "bench", "init-" + std::to_string(i),
+                   [](Echo::Builder) {}, [&](tandem::entity::ClientReply) { ++done; });
+    }
+    while (done < entities) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    double populate_s = now_s() - t0;
+    // 2. Steady calls at `rate`/s to random entities of the partition; latency by send time.
+    const double rate = 1000;
+    std::mutex mu;
+    std::vector<std::pair<double, double>> lat;  // (sent at, latency ms)
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> n{0};
+    std::thread load([&] {
+      std::mt19937_64 rnd(7);
+      double next = now_s();
+      while (!stop) {
+        while (now_s() < next) std::this_thread::sleep_for(std::chrono::microseconds(100));
+        double sent = now_s();
+        c.call<Echo>(EntityRef{"pinger", "e" + std::to_string(rnd() % entities)}, "bench", "m-" + std::to_string(n++),
+                     [](Echo::Builder) {}, [&, sent](tandem::entity::ClientReply) {
+                       std::lock_guard lock(mu);
+                       lat.emplace_back(sent, (now_s() - sent) * 1e3);
+                     });
+        next += 1.0 / rate;
+      }
+    });
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    double move_start = now_s();
+    auto r = c.request(1, "move", tandem::ByteWriter().varint(1).bytes("2").take(), 600'000);
+    double move_end = now_s();
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    stop = true;
+    load.join();
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    std::vector<double> before, during;
+    double worst = 0;
+    {
+      std::lock_guard lock(mu);
+      for (auto& [sent, ms] : lat) {
+        if (sent < move_start) before.push_back(ms);
+        else if (sent <= move_end) during.push_back(ms), worst = std::max(worst, ms);
+      }
+    }
+    auto pb = percentiles(before), pd = percentiles(during);
+    std::printf("RESULT bench=move entities=%llu durability=strict move_ms=%.0f populate_per_s=%.0f "
+                "steady_p50_ms=%.2f steady_p99_ms=%.2f during_move_p50_ms=%.2f during_move_p99_ms=%.2f "
+                "during_move_max_ms=%.0f calls_during_move=%zu rate_per_s=%.0f %s\n",
+                static_cast<unsigned long long>(entities), (move_end - move_start) * 1e3,
+                static_cast<double>(entities) / populate_s, pb.p50, pb.p99, pd.p50, pd.p99, worst, during.size(), rate,
+                r ? "" : ("move_failed=\"" + r.status().message() + "\"").c_str());
+    std::fflush(stdout);
+    if (r) std::fprintf(stderr, "%s\n", r->c_str());
+    // 3. The demo steady, then during a storm of moves (one every 300 ms), same cluster.
+    reservation::DemoOptions d;
+    d.orders = opts.orders;
+    d.items = opts.items;
+    d.concurrency = opts.concurrency;
+    d.progress = false;
+    auto env2 = tandem::make_real_env();
+    auto steady = reservation::run_demo(c, env2->clock(), d);
+    std::atomic<bool> storm_stop{false};
+    std::atomic<int> storm_moves{0};
+    std::thread storm([&] {
+      std::mt19937 rnd(11);
+      while (!storm_stop) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        uint32_t pid = 2 + rnd() % 11;  // the order and item partitions
+        auto m = c.request(1, "move", tandem::ByteWriter().varint(pid).bytes(std::to_string(1 + rnd() % 3)).take(), 60'000);
+        if (m) ++storm_moves;
+      }
+    });
+    reservation::DemoOptions d2 = d;
+    d2.order_prefix = "storm-order-";  // new orders over the same items
+    auto stormy = reservation::run_demo(c, env2->clock(), d2);
+    storm_stop = true;
+    storm.join();
+    std::printf("RESULT bench=move_storm durability=strict steady_orders_per_s=%.0f steady_p99_ms=%.2f "
+                "storm_orders_per_s=%.0f storm_p99_ms=%.2f moves=%d p99_ratio=%.2f invariant=%s/%s\n",
+                steady.orders_per_s, steady.p99_ms, stormy.orders_per_s, stormy.p99_ms, storm_moves.load(),
+                steady.p99_ms > 0 ? stormy.p99_ms / steady.p99_ms : 0, steady.invariant.c_str(), stormy.invariant.c_str());
+    std::fflush(stdout);
+  }
+  client = tandem::Status::ok();
+  std::system((env + launcher + " down > /dev/null").c_str());
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove(types);
+  return rc;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -548,6 +670,10 @@ int main(int argc, char** argv) {
   if (cmd == "cluster" || cmd == "all") {
     std::string self = std::filesystem::canonical("/proc/self/exe").string();
     if (int rc = bench_cluster(self, o.seconds, o, o.durability.empty() ? "strict" : o.durability); rc != 0) return rc;
+  }
+  if (cmd == "move") {
+    std::string self = std::filesystem::canonical("/proc/self/exe").string();
+    return bench_move(self, o.entities ? o.entities : 100'000, o);
   }
   if (cmd != "transitions" && cmd != "demo" && cmd != "memory" && cmd != "cluster" && cmd != "all") {
     std::fprintf(stderr, "tandem-bench: unknown command '%s'\n%s", cmd.c_str(), usage);

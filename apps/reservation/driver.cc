@@ -25,7 +25,7 @@ struct Line {
 };
 
 std::string item_key(uint64_t i) { return "sku-" + std::to_string(i); }
-std::string order_key(uint64_t i) { return "order-" + std::to_string(i); }
+std::string order_key(const DemoOptions& o, uint64_t i) { return o.order_prefix + std::to_string(i); }
 
 std::vector<Line> lines_of(uint64_t order, const DemoOptions& o) {
   tandem::Random r(o.seed * 0x9E3779B97F4A7C15ull + order);
@@ -86,7 +86,7 @@ DemoResult run_demo(Gateway& node, tandem::Clock& clock, const DemoOptions& o) {
   auto place = [&](uint64_t i) {
     auto lines = lines_of(i, o);
     node.call<PlaceOrder>(
-        EntityRef{"order", order_key(i)}, "driver", order_key(i),
+        EntityRef{"order", order_key(o, i)}, "driver", order_key(o, i),
         [&](PlaceOrder::Builder b) {
           auto l = b.initLines(static_cast<unsigned>(lines.size()));
           for (unsigned k = 0; k < lines.size(); ++k) {
@@ -203,15 +203,17 @@ std::string check_invariant(Gateway& node, const DemoOptions& o, DemoResult* cou
     items[key] = {r.getInitial(), r.getStock(), r.getReserved(), r.getSold()};
   });
   if (!s) return "FAILED:reading items: " + s.to_string();
+  // Every order counts for the items' totals; this run's (by prefix) for the order counts.
   uint64_t orders = 0, confirmed = 0, cancelled = 0, broken = 0;
   s = node.for_each_state("order", [&](const std::string& key, Payload& p) {
     auto r = p.get<OrderState>();
+    bool mine = key.rfind(o.order_prefix, 0) == 0;
+    if (r.getStatus() == OrderStatus::CONFIRMED)
+      for (auto line : r.getLines()) sold_by_orders[line.getItem().cStr()] += line.getQty();
+    if (!mine) return;
     ++orders;
     switch (r.getStatus()) {
-      case OrderStatus::CONFIRMED:
-        ++confirmed;
-        for (auto line : r.getLines()) sold_by_orders[line.getItem().cStr()] += line.getQty();
-        break;
+      case OrderStatus::CONFIRMED: ++confirmed; break;
       case OrderStatus::CANCELLED: ++cancelled; break;
       case OrderStatus::BROKEN: ++broken; note("order " + key + " is broken (confirmed after a provider expiry)"); break;
       default: note("order " + key + " is not terminal"); break;

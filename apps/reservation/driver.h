@@ -17,6 +17,7 @@ struct DemoOptions {
   uint64_t concurrency = 64;
   uint64_t stock = 30;          // initial stock per item
   uint64_t seed = 42;           // decides every order's lines: a rerun places the same orders
+  std::string order_prefix = "order-";  // order keys: <prefix><n>; another prefix places new orders
   int64_t deadline_ms = 10'000; // each order's escrow deadline
   int64_t reply_timeout_ms = 5'000;  // the client retries (same idempotency key) after this
   int64_t quiesce_timeout_ms = 120'000;

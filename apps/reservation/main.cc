@@ -20,7 +20,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: tandem-reservation node --config FILE --id N [--log-level LEVEL]\n"
     "       tandem-reservation drive --config FILE [--orders N] [--items N] [--concurrency N] [--stock N]\n"
-    "                                [--seed N] [--deadline-ms N] [--quiet]\n"
+    "                                [--seed N] [--deadline-ms N] [--order-prefix P] [--quiet]\n"
     "       tandem-reservation demo [--data DIR] [--fresh] [--orders N] [--items N] [--concurrency N]\n"
     "                               [--stock N] [--seed N] [--deadline-ms N] [--durability strict|relaxed]\n"
     "                               [--no-inline] [--duplicate P] [--drop P] [--delay P] [--max-delay-us N]\n"
@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
   auto flags = tandem::Flags::parse(
       argc, argv, 2,
       {"data", "orders", "items", "concurrency", "stock", "seed", "deadline-ms", "durability", "duplicate", "drop",
-       "delay", "max-delay-us", "max-batch", "log-level", "grace-ms", "reply-timeout-ms", "config"},
+       "delay", "max-delay-us", "max-batch", "log-level", "grace-ms", "reply-timeout-ms", "config", "order-prefix"},
       {"fresh", "no-inline", "quiet", "help"});
   if (!flags) return fail(flags.status());
   auto& f = *flags;
@@ -94,6 +94,7 @@ int main(int argc, char** argv) {
   d.deadline_ms = *deadline;
   d.reply_timeout_ms = *reply_timeout;
   d.progress = !f.has("quiet");
+  d.order_prefix = f.str("order-prefix", d.order_prefix);
   n.max_batch = *max_batch;
   n.op_grace_ms = *grace;
   n.faults.duplicate = *dup;
