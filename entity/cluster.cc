@@ -451,14 +451,24 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
     TANDEM_TRY(adopt_map(std::move(*m)));
     if (method == "map-reset") {
       // Sent by a controller that just started, so no move is under way: whatever this node
-      // holds of partitions it does not own is left over from a move that died; drop it.
-      std::vector<uint32_t> not_mine;
+      // holds of partitions it does not own is left over from a move that died; drop it. A
+      // partition it still owns but froze for that move is thawed.
+      std::vector<uint32_t> not_mine, thawed;
       {
         std::lock_guard lock(map_mu_);
         for (auto& p : map_.partitions)
           if (p.owner != self_.id) not_mine.push_back(p.id);
+        for (auto id : frozen_) {
+          auto* p = map_.partition(id);
+          if (p && p->owner == self_.id) thawed.push_back(id);
+        }
+        frozen_.clear();
       }
       TANDEM_TRY(engine_->release(ranges_of(not_mine)));
+      if (!thawed.empty()) {
+        log::warn("node {}: thawing {} partition(s) frozen for a move that did not finish", self_.id, thawed.size());
+        TANDEM_TRY(engine_->rearm(ranges_of(thawed)));
+      }
     }
     return std::string("ok");
   }

@@ -447,3 +447,24 @@ TEST_CASE("rebalance plans and evens out, drain-node empties a node and refuses 
   CHECK(sh(c.ctl + "partitions").text.find("slots 0..85") != std::string::npos);
   check_demo_ok(sh(drive));
 }
+
+TEST_CASE("a controller killed during a move of another node's partition: the source is thawed when it restarts") {
+  Cluster c;
+  std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 800 --items 80";
+  REQUIRE(sh(drive).code == 0);
+  // Partition 2 (order) is on node 2; the controller (node 1) dies after node 2 froze and exported it.
+  REQUIRE(sh("TANDEM_CRASH_AT=move:before_commit " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 1").code == 0);
+  CHECK(sh(c.ctl + "move 2 3").code != 0);
+  REQUIRE(tandem::testing::wait_until([&] {
+    return c.launcher("status").text.find("node 1  127.0.0.1:" + std::to_string(c.port(1)) + "  stopped") != std::string::npos;
+  }));
+  REQUIRE(c.launcher("restart 1").code == 0);
+  REQUIRE(tandem::testing::wait_until(
+      [&] { return read_file(c.dir.sub("c") + "/node-2.log").find("thawing 1 partition") != std::string::npos; },
+      std::chrono::seconds(20)));
+  CHECK(sh(c.ctl + "partitions").text.find("\n2    order      slots 42..85             2") != std::string::npos);
+  check_demo_ok(sh(drive));  // every order of partition 2 answers again, from node 2
+  auto more = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf +
+                 " --orders 800 --items 80 --order-prefix after-");
+  check_demo_ok(more);
+}
