@@ -442,12 +442,15 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
       if (!cf || *cf > 3 || !k || !v) return Status::invalid_argument("malformed ingest row");
       b.put(static_cast<partition::Cf>(*cf), *k, *v);
     }
+    TANDEM_CRASH_POINT("move:ingest_before_write");
     TANDEM_TRY(engine_->store().write(b, true));
+    TANDEM_CRASH_POINT("move:ingested");
     return std::to_string(*n);
   }
   if (method == "map-update" || method == "adopt" || method == "release" || method == "map-reset") {
     auto m = partition::PartitionMap::decode(body);
     if (!m) return m.status();
+    if (method == "adopt") TANDEM_CRASH_POINT("move:adopt");
     TANDEM_TRY(adopt_map(std::move(*m)));
     if (method == "map-reset") {
       // Sent by a controller that just started, so no move is under way: whatever this node
