@@ -4,6 +4,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include <tandem/core/env.h>
@@ -228,17 +229,31 @@ void Client::call(const EntityRef& to, uint64_t payload_type, std::string payloa
 }
 
 Status Client::for_each_state(const std::string& type, const std::function<void(const std::string&, Payload&)>& fn) {
-  for (auto id : node_ids()) {
-    auto r = impl_->request_retrying(id, "scan", type);
-    if (!r) return r.status();
-    auto rows = rpc::decode_list(*r);
-    if (!rows || rows->size() % 2) return Status::corruption("malformed scan answer from node " + std::to_string(id));
-    for (size_t i = 0; i + 1 < rows->size(); i += 2) {
-      Payload p((*rows)[i + 1]);
-      fn((*rows)[i], p);
+  // Each node answers with its map epoch first. A scan during a move can see a partition on
+  // both nodes (adopted by one, not yet released by the other) or on neither; such a scan
+  // shows differing epochs and is repeated.
+  for (int attempt = 0;; ++attempt) {
+    std::vector<std::string> rows;
+    std::set<std::string> epochs;
+    for (auto id : node_ids()) {
+      auto r = impl_->request_retrying(id, "scan", type);
+      if (!r) return r.status();
+      auto l = rpc::decode_list(*r);
+      if (!l || l->empty() || (l->size() - 1) % 2) return Status::corruption("malformed scan answer from node " + std::to_string(id));
+      epochs.insert((*l)[0]);
+      rows.insert(rows.end(), std::make_move_iterator(l->begin() + 1), std::make_move_iterator(l->end()));
     }
+    if (epochs.size() > 1 && attempt < 100) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      continue;
+    }
+    if (epochs.size() > 1) return Status::unavailable("the partition map kept changing during the scan");
+    for (size_t i = 0; i + 1 < rows.size(); i += 2) {
+      Payload p(rows[i + 1]);
+      fn(rows[i], p);
+    }
+    return Status::ok();
   }
-  return Status::ok();
 }
 
 Result<bool> Client::quiescent() {

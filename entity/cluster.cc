@@ -786,8 +786,13 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
   if (method == "quiescent") return respond(Status::ok(), engine_->quiescent() ? "1" : "0");
   if (method == "timers") return respond(Status::ok(), std::to_string(engine_->stats().timers));
   if (method == "scan") {
-    // body: type. Every committed state row of that type on this node.
+    // body: type. Every committed state row of that type this node owns, after its map epoch
+    // (a reader compares epochs across nodes to see a scan that raced a move).
     std::vector<std::string> out;
+    {
+      std::lock_guard lock(map_mu_);
+      out.push_back(std::to_string(map_.epoch));
+    }
     std::string begin = partition::Placement::type_prefix(body);
     auto& placement = engine_->placement();
     auto st = engine_->store().scan(partition::Cf::kState, begin, keys::prefix_successor(begin),
