@@ -365,6 +365,19 @@ void ClusterNode::refresh_map_async() {
   });
 }
 
+partition::PartitionMap ClusterNode::map_copy() const {
+  std::lock_guard lock(map_mu_);
+  return map_;
+}
+
+void ClusterNode::announce(const partition::PartitionMap& m, std::initializer_list<uint32_t> skip) {
+  std::string enc = m.encode();
+  for (auto& n : m.nodes) {
+    if (n.id == self_.id || std::find(skip.begin(), skip.end(), n.id) != skip.end()) continue;
+    call_node(n.id, "map-update", enc).status().ignore_error("a node that missed it learns it from its next moved answer");
+  }
+}
+
 bool ClusterNode::frozen(const EntityRef& ref) const {
   std::lock_guard lock(map_mu_);
   if (frozen_.empty()) return false;
@@ -550,11 +563,7 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
 }
 
 Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
-  partition::PartitionMap current;
-  {
-    std::lock_guard lock(map_mu_);
-    current = map_;
-  }
+  partition::PartitionMap current = map_copy();
   auto next = current.with_move(pid, to);
   if (!next) return next.status();
   const auto* p = current.partition(pid);
@@ -594,9 +603,7 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   }
-  for (auto& n : next->nodes)
-    if (n.id != to && n.id != from && n.id != self_.id)
-      call_node(n.id, "map-update", enc).status().ignore_error("others learn the map on their next moved answer");
+  announce(*next, {to, from});
   TANDEM_TRY(adopt_map(*next));  // a no-op when this node was `to` or `from`
   double ms = static_cast<double>(env_.clock().now_us() - t0) / 1000.0;
   std::string out = "moved partition " + std::to_string(pid) + " (" + p->type + ") from node " + std::to_string(from) +
@@ -607,11 +614,7 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
 }
 
 Result<std::string> ClusterNode::split(uint32_t pid, const std::string& at_arg) {
-  partition::PartitionMap current;
-  {
-    std::lock_guard lock(map_mu_);
-    current = map_;
-  }
+  partition::PartitionMap current = map_copy();
   const auto* p = current.partition(pid);
   if (!p) return Status::invalid_argument("no partition " + std::to_string(pid));
   std::string at = at_arg;
@@ -624,10 +627,7 @@ Result<std::string> ClusterNode::split(uint32_t pid, const std::string& at_arg) 
   auto next = current.with_split(pid, at);
   if (!next) return next.status();
   TANDEM_TRY(adopt_map(*next));
-  std::string enc = next->encode();
-  for (auto& n : next->nodes)
-    if (n.id != self_.id)
-      call_node(n.id, "map-update", enc).status().ignore_error("others learn the map on their next moved answer");
+  announce(*next, {});
   auto& half = next->partitions.back();
   std::string out = "split partition " + std::to_string(pid) + " (" + p->type + ") at " +
                     (t->scheme.kind == partition::TypeScheme::Kind::kHash ? "slot " + std::to_string(half.slot_begin)
@@ -639,18 +639,11 @@ Result<std::string> ClusterNode::split(uint32_t pid, const std::string& at_arg) 
 }
 
 Result<std::string> ClusterNode::merge(uint32_t a, uint32_t b) {
-  partition::PartitionMap current;
-  {
-    std::lock_guard lock(map_mu_);
-    current = map_;
-  }
+  partition::PartitionMap current = map_copy();
   auto next = current.with_merge(a, b);
   if (!next) return next.status();
   TANDEM_TRY(adopt_map(*next));
-  std::string enc = next->encode();
-  for (auto& n : next->nodes)
-    if (n.id != self_.id)
-      call_node(n.id, "map-update", enc).status().ignore_error("others learn the map on their next moved answer");
+  announce(*next, {});
   std::string out = "merged partition " + std::to_string(b) + " into " + std::to_string(a) + "; epoch " + std::to_string(next->epoch);
   log::info("{}", out);
   return out;
@@ -678,9 +671,7 @@ Result<std::string> ClusterNode::drain(uint32_t node) {
   next.draining.push_back(node);
   ++next.epoch;
   TANDEM_TRY(adopt_map(next));
-  std::string enc = next.encode();
-  for (auto& n : next.nodes)
-    if (n.id != self_.id) call_node(n.id, "map-update", enc).status().ignore_error("learned later");
+  announce(next, {});
   auto r = run_plan(next.rebalance_plan());
   if (!r) return r.status();
   return *r + "node " + std::to_string(node) + " is drained: it owns no partition and takes none";

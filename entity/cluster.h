@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <initializer_list>
 #include <map>
 #include <set>
 #include <memory>
@@ -62,6 +63,9 @@ class ClusterNode {
   Status persist_map(const partition::PartitionMap& m);
   std::vector<partition::KeyRange> ranges_of(const std::vector<uint32_t>& pids) const;
   uint32_t controller() const { return controller_; }
+  partition::PartitionMap map_copy() const;
+  // Sends `m` to every other node except `skip` (best effort).
+  void announce(const partition::PartitionMap& m, std::initializer_list<uint32_t> skip);
   std::string moved_message(const EntityRef& ref) const;
   // Handlers for a session whose peer authenticated as `role` (deliveries only from nodes).
   messaging::SessionHandlers session_handlers(const std::string& role);

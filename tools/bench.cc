@@ -416,22 +416,39 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
   return r;
 }
 
-int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts, const std::string& durability) {
-  std::string dir = scratch("cluster");
-  std::filesystem::create_directories(dir);
-  std::string types = dir + "-types";
-  std::ofstream(types) << "type pinger hash partitions=6\n"
-                          "type order hash slots=256 partitions=6\n"
-                          "type item range splits=sku-2,sku-4,sku-6,sku-8\n"
-                          "type runner hash partitions=3\n";
-  std::string launcher = std::string(TANDEM_SOURCE_DIR) + "/tools/tandem-cluster";
-  std::string env = "TANDEM_CLUSTER_DIR=" + dir + " ";
-  std::string up = env + launcher + " up --nodes 3 --durability " + durability + " --base-port 27100 --types " + types +
-                   " --binary " + self_bin + " > /dev/null";
-  if (std::system(up.c_str()) != 0) {
-    std::fprintf(stderr, "tandem-bench: cannot start the cluster (see %s)\n", dir.c_str());
-    return 1;
+// A 3-node local cluster of this binary, started with tools/tandem-cluster and stopped with it.
+struct LocalCluster {
+  std::string dir, types, env, launcher;
+  bool up = false;
+  LocalCluster(const std::string& name, const std::string& self_bin, const std::string& type_lines,
+               const std::string& durability, int base_port) {
+    dir = scratch(name);
+    std::filesystem::create_directories(dir);
+    types = dir + "-types";
+    std::ofstream(types) << type_lines;
+    launcher = std::string(TANDEM_SOURCE_DIR) + "/tools/tandem-cluster";
+    env = "TANDEM_CLUSTER_DIR=" + dir + " ";
+    up = std::system((env + launcher + " up --nodes 3 --durability " + durability + " --base-port " +
+                      std::to_string(base_port) + " --types " + types + " --binary " + self_bin + " > /dev/null")
+                         .c_str()) == 0;
+    if (!up) std::fprintf(stderr, "tandem-bench: cannot start the cluster (see %s)\n", dir.c_str());
   }
+  ~LocalCluster() {
+    if (std::system((env + launcher + " down > /dev/null").c_str()) != 0) std::fprintf(stderr, "tandem-bench: cluster down failed\n");
+    std::filesystem::remove_all(dir);
+    std::filesystem::remove(types);
+  }
+  std::string config() const { return dir + "/cluster.conf"; }
+};
+
+int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts, const std::string& durability) {
+  LocalCluster lc("cluster", self_bin,
+                  "type pinger hash partitions=6\n"
+                  "type order hash slots=256 partitions=6\n"
+                  "type item range splits=sku-2,sku-4,sku-6,sku-8\n"
+                  "type runner hash partitions=3\n",
+                  durability, 27100);
+  if (!lc.up) return 1;
   Percentiles rtt;
   double loop_per_s = 0;
   loopback_baseline(seconds, rtt, loop_per_s);
@@ -440,7 +457,7 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
   std::fflush(stdout);
 
   tandem::entity::Client::Options co;
-  co.config_path = dir + "/cluster.conf";
+  co.config_path = lc.config();
   auto client = tandem::entity::Client::connect(co);
   int rc = 0;
   if (!client) {
@@ -496,32 +513,22 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
                 one_per_s > 0 ? r.orders_per_s / one_per_s : 0);
     std::fflush(stdout);
   }
-  client = tandem::Status::ok();
-  std::system((env + launcher + " down > /dev/null").c_str());
-  std::filesystem::remove_all(dir);
-  std::filesystem::remove(types);
+  client = tandem::Status::ok();  // disconnect before the cluster goes down
   return rc;
 }
 
 // A partition of `entities` pingers (each with an activity: the client reply record), moved
 // from node 1 to node 2 while a client keeps calling its entities at a steady rate.
 int bench_move(const std::string& self_bin, uint64_t entities, const Opts& opts) {
-  std::string dir = scratch("move");
-  std::filesystem::create_directories(dir);
-  std::string types = dir + "-types";
-  std::ofstream(types) << "type pinger hash slots=16 partitions=1\n"
-                          "type order hash slots=256 partitions=6\n"
-                          "type item range splits=sku-2,sku-4,sku-6,sku-8\n"
-                          "type runner hash partitions=3\n";
-  std::string launcher = std::string(TANDEM_SOURCE_DIR) + "/tools/tandem-cluster";
-  std::string env = "TANDEM_CLUSTER_DIR=" + dir + " ";
-  if (std::system((env + launcher + " up --nodes 3 --durability strict --base-port 27500 --types " + types +
-                   " --binary " + self_bin + " > /dev/null").c_str()) != 0) {
-    std::fprintf(stderr, "tandem-bench: cannot start the cluster (see %s)\n", dir.c_str());
-    return 1;
-  }
+  LocalCluster lc("move", self_bin,
+                  "type pinger hash slots=16 partitions=1\n"
+                  "type order hash slots=256 partitions=6\n"
+                  "type item range splits=sku-2,sku-4,sku-6,sku-8\n"
+                  "type runner hash partitions=3\n",
+                  "strict", 27500);
+  if (!lc.up) return 1;
   tandem::entity::Client::Options co;
-  co.config_path = dir + "/cluster.conf";
+  co.config_path = lc.config();
   co.role = "admin";  // it moves partitions
   auto client = tandem::entity::Client::connect(co);
   int rc = 0;
@@ -616,10 +623,7 @@ int bench_move(const std::string& self_bin, uint64_t entities, const Opts& opts)
                 steady.p99_ms > 0 ? stormy.p99_ms / steady.p99_ms : 0, steady.invariant.c_str(), stormy.invariant.c_str());
     std::fflush(stdout);
   }
-  client = tandem::Status::ok();
-  std::system((env + launcher + " down > /dev/null").c_str());
-  std::filesystem::remove_all(dir);
-  std::filesystem::remove(types);
+  client = tandem::Status::ok();  // disconnect before the cluster goes down
   return rc;
 }
 

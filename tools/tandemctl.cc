@@ -67,6 +67,21 @@ std::vector<std::pair<std::string, std::string>> kv_lines(const std::string& tex
 
 std::string printable(const std::string& s) { return tandem::EntityRef{"", s}.to_string().substr(1); }
 
+// Sends a map-changing command to the controller (the node with the lowest id) and prints
+// what it did. Moves can take a while: up to 10 minutes.
+int to_controller(tandem::entity::Client& c, const std::string& method, std::string body, bool json) {
+  auto ids = c.node_ids();
+  uint32_t controller = *std::min_element(ids.begin(), ids.end());
+  auto r = c.request(controller, method, std::move(body), 600'000);
+  if (!r) {
+    std::fprintf(stderr, "tandemctl: %s\n", r.status().message().c_str());
+    return 1;
+  }
+  if (json) std::printf("{\"ok\":true,\"message\":\"%s\"}\n", json_escape(*r).c_str());
+  else std::printf("%s\n", r->c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -244,16 +259,7 @@ int main(int argc, char** argv) {
       if (ec != std::errc() || p != args[1].data() + args[1].size() || arg == 0)
         return usage_error("NODE must be a node id, not '" + args[1] + "'");
     }
-    auto ids = c.node_ids();
-    uint32_t controller = *std::min_element(ids.begin(), ids.end());
-    auto r = c.request(controller, method, tandem::ByteWriter().varint(arg).bytes("").take(), 600'000);
-    if (!r) {
-      std::fprintf(stderr, "tandemctl: %s\n", r.status().message().c_str());
-      return 1;
-    }
-    if (json) std::printf("{\"ok\":true,\"message\":\"%s\"}\n", json_escape(*r).c_str());
-    else std::printf("%s\n", r->c_str());
-    return 0;
+    return to_controller(c, method, tandem::ByteWriter().varint(arg).bytes("").take(), json);
   }
 
   if (cmd == "move" || cmd == "split" || cmd == "merge") {
@@ -280,16 +286,7 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
-    auto ids = c.node_ids();
-    uint32_t controller = *std::min_element(ids.begin(), ids.end());
-    auto r = c.request(controller, cmd, tandem::ByteWriter().varint(pid).bytes(arg).take(), 300'000);
-    if (!r) {
-      std::fprintf(stderr, "tandemctl: %s\n", r.status().message().c_str());
-      return 1;
-    }
-    if (json) std::printf("{\"ok\":true,\"message\":\"%s\"}\n", json_escape(*r).c_str());
-    else std::printf("%s\n", r->c_str());
-    return 0;
+    return to_controller(c, cmd, tandem::ByteWriter().varint(pid).bytes(arg).take(), json);
   }
 
   if (cmd == "redrive") {
