@@ -54,12 +54,18 @@ struct Cluster {
 
   explicit Cluster(int nodes = 3) {
     std::random_device rd;
-    base = 10000 + static_cast<int>(rd() % 110) * 200;  // below the ephemeral range (32768+)
     env = "TANDEM_CLUSTER_DIR=" + dir.sub("c") + " ";
     conf = dir.sub("c") + "/cluster.conf";
     ctl = std::string(TANDEMCTL_BIN) + " --config " + conf + " ";
-    auto up = launcher("up --nodes " + std::to_string(nodes) + " --durability relaxed --binary " +
-                       TANDEM_RESERVATION_BIN + " --base-port " + std::to_string(base));
+    Out up;
+    // Tests run in parallel: a port block another test holds makes a node exit; try another.
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      base = 10000 + static_cast<int>(rd() % 110) * 200;  // below the ephemeral range (32768+)
+      up = launcher("up --nodes " + std::to_string(nodes) + " --durability relaxed --binary " +
+                    TANDEM_RESERVATION_BIN + " --base-port " + std::to_string(base));
+      if (up.code == 0) break;
+      launcher("down");
+    }
     INFO(up.text);
     REQUIRE(up.code == 0);
   }
@@ -352,7 +358,9 @@ TEST_CASE("a node killed at each step of a move leaves exactly one owner and los
     CAPTURE(step.point);
     Cluster c;
     std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 1500 --items 100";
-    REQUIRE(sh(drive).code == 0);
+    auto first = sh(drive);
+    INFO(first.text);
+    REQUIRE(first.code == 0);
     auto r = sh("TANDEM_CRASH_AT=" + step.point + " " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 1");
     REQUIRE(r.code == 0);
     auto mv = sh(c.ctl + "move 1 2");
@@ -375,7 +383,11 @@ TEST_CASE("a node killed at each step of a move leaves exactly one owner and los
 TEST_CASE("a duplicate of a message applied before a move is not applied again at the new owner") {
   Cluster c;
   std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 300 --items 10";
-  REQUIRE(sh(drive).code == 0);
+  {
+    auto first = sh(drive);
+    INFO(first.text);
+    REQUIRE(first.code == 0);
+  }
   // Item sku-1 is in partition 7 (range [, sku-2), node 1). Find an order it has a record of.
   auto before = sh(c.ctl + "inspect item sku-1");
   auto pos = before.text.find("activity order/");
@@ -418,7 +430,11 @@ TEST_CASE("a duplicate of a message applied before a move is not applied again a
 TEST_CASE("rebalance plans and evens out, drain-node empties a node and refuses moves to it, merge joins") {
   Cluster c;
   std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 600 --items 60";
-  REQUIRE(sh(drive).code == 0);
+  {
+    auto first = sh(drive);
+    INFO(first.text);
+    REQUIRE(first.code == 0);
+  }
   CHECK(sh(c.ctl + "rebalance --dry-run").text.find("balanced: nothing to move") != std::string::npos);
   REQUIRE(sh(c.ctl + "move 2 1").code == 0);
   REQUIRE(sh(c.ctl + "move 3 1").code == 0);
@@ -451,7 +467,11 @@ TEST_CASE("rebalance plans and evens out, drain-node empties a node and refuses 
 TEST_CASE("a controller killed during a move of another node's partition: the source is thawed when it restarts") {
   Cluster c;
   std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 800 --items 80";
-  REQUIRE(sh(drive).code == 0);
+  {
+    auto first = sh(drive);
+    INFO(first.text);
+    REQUIRE(first.code == 0);
+  }
   // Partition 2 (order) is on node 2; the controller (node 1) dies after node 2 froze and exported it.
   REQUIRE(sh("TANDEM_CRASH_AT=move:before_commit " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 1").code == 0);
   CHECK(sh(c.ctl + "move 2 3").code != 0);
@@ -479,7 +499,9 @@ TEST_CASE("the target killed at each step of a move: exactly one owner, nothing 
     CAPTURE(step.point);
     Cluster c;
     std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 1500 --items 100";
-    REQUIRE(sh(drive).code == 0);
+    auto first = sh(drive);
+    INFO(first.text);
+    REQUIRE(first.code == 0);
     REQUIRE(sh("TANDEM_CRASH_AT=" + step.point + " " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 2").code == 0);
     auto mv = sh(c.ctl + "move 1 2");
     INFO(mv.text);
