@@ -4,7 +4,7 @@
 //   tandem-bench transitions [--seconds S] [--durability strict|relaxed] [--entities N]
 //   tandem-bench memory [--entities N]
 //   tandem-bench demo [--orders N] [--items N] [--concurrency N]
-//   tandem-bench cluster [--seconds S]     starts a 3-node local cluster of this binary
+//   tandem-bench cluster [--seconds S] [--load F]  starts a 3-node local cluster of this binary
 //   tandem-bench node --config F --id N    (a node of that cluster)
 //   tandem-bench all
 #include <algorithm>
@@ -154,6 +154,7 @@ struct Opts {
   uint64_t entities = 0;
   std::string durability;
   uint64_t orders = 10'000, items = 1'000, concurrency = 256;
+  double load = 0.5;  // cluster bench: the open-loop rate as a fraction of the closed-loop maximum
 };
 
 void bench_transitions(tandem::Env& env, const std::string& durability, uint64_t entities, double seconds) {
@@ -357,7 +358,7 @@ struct LoadResult {
   uint64_t errors = 0;
 };
 LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to, const std::vector<std::string>& targets,
-                const std::string& tag, double seconds) {
+                const std::string& tag, double seconds, double load_fraction) {
   LoadResult r;
   std::mutex mu;
   std::condition_variable cv;
@@ -395,9 +396,9 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
     r.max_per_s = static_cast<double>(completed) / (now_s() - t0);
     cv.wait_for(lock, std::chrono::seconds(30), [&] { return outstanding == 0; });
   }
-  // Open loop at half the maximum rate; slots rotate so no entity has two calls pending
+  // Open loop at a fraction (default half) of the maximum rate; slots rotate so no entity has two calls pending
   // (at half rate each call has conc/rate*2 seconds before its slot comes round again).
-  r.rate = r.max_per_s / 2;
+  r.rate = r.max_per_s * load_fraction;
   double interval = 1.0 / r.rate;
   double start = now_s(), next = start;
   size_t slot = 0;
@@ -474,12 +475,12 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
       if (owner == 1 && on1.size() < 64) on1.push_back(r);
       if (owner == 2 && on2.size() < 64) on2.push_back(r.key);
     }
-    auto a = load(c, on1, {}, "ce", seconds);
+    auto a = load(c, on1, {}, "ce", seconds, opts.load);
     std::printf("RESULT bench=request_reply kind=client_to_entity durability=%s max_per_s=%.0f at_per_s=%.0f "
                 "p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
                 durability.c_str(), a.max_per_s, a.rate, a.lat_ms.p50, a.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(a.errors));
     std::fflush(stdout);
-    auto b = load(c, on1, on2, "ee", seconds);
+    auto b = load(c, on1, on2, "ee", seconds, opts.load);
     std::printf("RESULT bench=request_reply kind=entity_to_entity_cross_node durability=%s max_per_s=%.0f "
                 "at_per_s=%.0f p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
                 durability.c_str(), b.max_per_s, b.rate, b.lat_ms.p50, b.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(b.errors));
@@ -646,7 +647,7 @@ int main(int argc, char** argv) {
     node.add<reservation::Item>();
     return node.run();
   }
-  auto f = tandem::Flags::parse(argc, argv, 2, {"seconds", "durability", "entities", "orders", "items", "concurrency"}, {});
+  auto f = tandem::Flags::parse(argc, argv, 2, {"seconds", "durability", "entities", "orders", "items", "concurrency", "load"}, {});
   if (!f) {
     std::fprintf(stderr, "tandem-bench: %s\n%s", f.status().to_string().c_str(), usage);
     return 2;
@@ -659,6 +660,11 @@ int main(int argc, char** argv) {
   o.orders = f->u64("orders", o.orders).value();
   o.items = f->u64("items", o.items).value();
   o.concurrency = f->u64("concurrency", o.concurrency).value();
+  o.load = f->f64("load", o.load).value();
+  if (o.load <= 0 || o.load > 1) {
+    std::fprintf(stderr, "tandem-bench: --load is a fraction in (0, 1]\n");
+    return 2;
+  }
   auto env = tandem::make_real_env();
   std::vector<std::string> durs = o.durability.empty() ? std::vector<std::string>{"relaxed", "strict"}
                                                        : std::vector<std::string>{o.durability};
