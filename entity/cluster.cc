@@ -325,12 +325,16 @@ messaging::SessionHandlers ClusterNode::session_handlers(const std::string& role
   return h;
 }
 
+// Order matters: the network thread posts requests to the executors, and executor tasks wait
+// for network answers. So: refuse new work, stop the network (no callbacks after this; waiting
+// calls see `stopping_` and give up), then the executors, then the engine.
 void ClusterNode::stop() {
+  stopping_ = true;
+  if (peers_) peers_->close_all();
+  if (net_) net_->stop();
   ctl_exec_.reset();
   part_exec_.reset();
-  if (peers_) peers_->close_all();
   if (engine_) engine_->stop();
-  if (net_) net_->stop();
 }
 
 void ClusterNode::refresh_map_async() {
@@ -395,15 +399,23 @@ std::vector<partition::KeyRange> ClusterNode::ranges_of(const std::vector<uint32
 
 Result<std::string> ClusterNode::call_node(uint32_t id, const std::string& method, std::string body) {
   if (id == self_.id) return handle_partition_request(method, std::move(body));
+  if (stopping_) return Status::unavailable("this node is stopping");
   auto p = std::make_shared<std::promise<Result<std::string>>>();
   auto f = p->get_future();
   peers_->request(id, method, std::move(body), [p](Status st, std::string b) {
     if (!st) return p->set_value(st);
     p->set_value(std::move(b));
   });
-  if (f.wait_for(std::chrono::seconds(120)) != std::future_status::ready)
-    return Status::unavailable("node " + std::to_string(id) + " did not answer " + method + " within 120 s");
-  return f.get();
+  for (int waited_ms = 0; f.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready; waited_ms += 100) {
+    if (stopping_) return Status::unavailable("this node is stopping");
+    if (waited_ms >= 120'000)
+      return Status::unavailable("node " + std::to_string(id) + " did not answer " + method + " within 120 s");
+  }
+  try {
+    return f.get();
+  } catch (const std::future_error&) {  // the network stopped with the request in flight
+    return Status::unavailable("this node is stopping");
+  }
 }
 
 Status ClusterNode::persist_map(const partition::PartitionMap& m) {
@@ -707,6 +719,7 @@ std::string ClusterNode::moved_message(const EntityRef& ref) const {
 
 void ClusterNode::on_request(const std::string& role, const std::string& method, std::string body,
                              messaging::RespondFn respond) {
+  if (stopping_) return respond(Status::unavailable("this node is stopping"), {});
   const bool admin = role == "admin";
   if (method == "map") {
     std::lock_guard lock(map_mu_);

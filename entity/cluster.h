@@ -90,6 +90,7 @@ class ClusterNode {
   std::set<uint32_t> frozen_;                 // under map_mu_: partitions being moved away
   std::unique_ptr<Executor> ctl_exec_;        // controller operations, one at a time
   std::atomic<bool> ctl_busy_{false};         // a move or split is running
+  std::atomic<bool> stopping_{false};
   std::unique_ptr<Executor> part_exec_;       // blocking partition requests from the controller
   uint32_t controller_ = 0;
 };

@@ -184,9 +184,11 @@ void Engine::stop() {
   }) > 0)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   if (relay_) relay_->stop();
+  // Threads that post to the engine's executor go first: the fault timers, then the commit
+  // thread (it may still be returning from posting the last on_committed).
   fault_exec_.reset();
-  exec_.reset();
   commit_exec_.reset();
+  exec_.reset();
   relay_.reset();
   faulty_transport_.reset();
   routing_.reset();
