@@ -4,6 +4,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -43,11 +44,20 @@ struct Client::Impl {
     net->stop();
   }
 
-  const partition::NodeInfo* node(uint32_t id) const { return config.node(id); }
+  // A node's address: from the map (nodes added at run time), else from the config.
+  std::optional<net::Endpoint> node_addr(uint32_t id) const {
+    {
+      std::lock_guard lock(mu);
+      if (auto* n = map.node(id)) return n->addr;
+    }
+    if (auto* n = config.node(id)) return n->addr;
+    return std::nullopt;
+  }
 
   // Runs `fn` with a ready session to `id`, connecting if needed.
   void with_session(uint32_t id, std::function<void(Result<std::shared_ptr<Session>>)> fn) {
     std::shared_ptr<Session> s;
+    auto known = node_addr(id);
     net::Endpoint addr;
     {
       std::lock_guard lock(mu);
@@ -58,14 +68,13 @@ struct Client::Impl {
         p.waiting.push_back(std::move(fn));
         if (p.connecting) return;
         p.connecting = true;
-        auto* n = node(id);
-        if (!n) {
+        if (!known) {
           auto waiting = std::move(p.waiting);
           p.connecting = false;
           for (auto& w : waiting) w(Status::invalid_argument("unknown node id " + std::to_string(id)));
           return;
         }
-        addr = n->addr;
+        addr = *known;
       }
     }
     if (s) return fn(s);
@@ -287,7 +296,7 @@ Result<uint64_t> Client::pending_timers() {
   return n;
 }
 
-size_t Client::nodes() const { return impl_->config.nodes.size(); }
+size_t Client::nodes() const { return node_ids().size(); }
 
 Result<std::string> Client::request(uint32_t node, const std::string& method, std::string body, int64_t timeout_ms) {
   return impl_->request(node, method, std::move(body), timeout_ms);
@@ -301,8 +310,9 @@ Client::MapSummary Client::map_summary() const {
 }
 
 std::vector<uint32_t> Client::node_ids() const {
+  std::lock_guard lock(impl_->mu);
   std::vector<uint32_t> ids;
-  for (auto& n : impl_->config.nodes) ids.push_back(n.id);
+  for (auto& n : impl_->map.nodes) ids.push_back(n.id);
   return ids;
 }
 

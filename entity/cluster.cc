@@ -110,12 +110,12 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
             use(Status::unavailable("node " + std::to_string(id) + " unreachable"));
             return;
           }
-          const partition::NodeInfo* n = node_.config_.node(id);
-          if (!n) {
+          auto a = node_.node_addr(id);
+          if (!a) {
             use(Status::invalid_argument("no node " + std::to_string(id)));
             return;
           }
-          addr = n->addr;
+          addr = *a;
           peer.connecting = true;
           peer.waiting.push_back(std::move(use));
           connect(id, addr);
@@ -273,7 +273,7 @@ Status ClusterNode::start() {
   o.node_id = self_.id;
   auto port = net_->listen(self_.addr, [this, o](std::shared_ptr<net::Connection> c) {
     Session::accept(*net_, std::move(c), o, [this](const std::shared_ptr<Session>& s) {
-      if (s->peer_role() == "node" && s->peer_node() != self_.id && config_.node(s->peer_node()))
+      if (s->peer_role() == "node" && s->peer_node() != self_.id && node_addr(s->peer_node()))
         peers_->adopt(s->peer_node(), s);
       return session_handlers(s->peer_role());
     });
@@ -297,7 +297,7 @@ Status ClusterNode::start() {
         std::lock_guard lock(map_mu_);
         enc = map_.encode();
       }
-      for (auto& n : config_.nodes) {
+      for (auto& n : map_copy().nodes) {
         if (n.id == self_.id) continue;
         for (int attempt = 0; attempt < 50; ++attempt) {
           if (call_node(n.id, "map-reset", enc)) break;
@@ -367,6 +367,15 @@ void ClusterNode::refresh_map_async() {
       });
     });
   });
+}
+
+std::optional<net::Endpoint> ClusterNode::node_addr(uint32_t id) const {
+  {
+    std::lock_guard lock(map_mu_);
+    if (auto* n = map_.node(id)) return n->addr;
+  }
+  if (auto* n = config_.node(id)) return n->addr;
+  return std::nullopt;
 }
 
 partition::PartitionMap ClusterNode::map_copy() const {
@@ -689,6 +698,36 @@ Result<std::string> ClusterNode::drain(uint32_t node) {
   return *r + "node " + std::to_string(node) + " is drained: it owns no partition and takes none";
 }
 
+Result<std::string> ClusterNode::add_node(uint32_t id, const std::string& addrs) {
+  // addrs: "<host:port> <admin host:port>"
+  auto sp = addrs.find(' ');
+  if (sp == std::string::npos) return Status::invalid_argument("add-node needs ADDRESS and ADMIN_ADDRESS");
+  auto addr = net::Endpoint::parse(addrs.substr(0, sp));
+  auto admin = net::Endpoint::parse(addrs.substr(sp + 1));
+  if (!addr) return addr.status();
+  if (!admin) return admin.status();
+  auto next = map_copy().with_node({id, *addr, *admin, ""});
+  if (!next) return next.status();
+  // The new node must already serve with the cluster secret: ask it for its status first.
+  messaging::SessionOptions o;
+  o.secret = secret_;
+  o.role = "node";
+  o.node_id = self_.id;
+  std::promise<Status> reached;
+  Session::connect(*net_, *addr, o, {}, [&reached](Result<std::shared_ptr<Session>> s) {
+    if (s) (*s)->close();
+    reached.set_value(s.status());
+  });
+  if (auto st = reached.get_future().get(); !st)
+    return Status::unavailable("node " + std::to_string(id) + " is not serving at " + addr->to_string() + ": " + st.message());
+  TANDEM_TRY(adopt_map(*next));
+  announce(*next, {});
+  std::string out = "added node " + std::to_string(id) + " at " + addr->to_string() + "; it owns no partition yet "
+                    "(tandemctl rebalance moves some to it); epoch " + std::to_string(next->epoch);
+  log::info("{}", out);
+  return out;
+}
+
 Result<std::string> ClusterNode::rebalance(bool dry_run) {
   std::vector<std::pair<uint32_t, uint32_t>> plan;
   {
@@ -733,7 +772,8 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
                   [respond](ClientReply r) { respond(r.status, rpc::Reply{r.payload_type, std::move(r.payload)}.encode()); });
     return;
   }
-  if (method == "move" || method == "split" || method == "merge" || method == "drain" || method == "rebalance") {
+  if (method == "move" || method == "split" || method == "merge" || method == "drain" || method == "rebalance" ||
+      method == "add-node") {
     if (!admin) return respond(Status::invalid_argument(method + " needs an admin connection"), {});
     if (self_.id != controller_)
       return respond(Status::invalid_argument("node " + std::to_string(self_.id) + " is not the controller (node " +
@@ -763,6 +803,8 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
         out = merge(static_cast<uint32_t>(*pid), static_cast<uint32_t>(n));
       } else if (method == "drain") {
         out = drain(static_cast<uint32_t>(*pid));
+      } else if (method == "add-node") {
+        out = add_node(static_cast<uint32_t>(*pid), *arg);
       } else if (method == "rebalance") {
         out = rebalance(*pid == 1);
       } else {

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <initializer_list>
 #include <map>
+#include <optional>
 #include <set>
 #include <memory>
 #include <mutex>
@@ -57,6 +58,9 @@ class ClusterNode {
   Result<std::string> split(uint32_t pid, const std::string& at);
   Result<std::string> merge(uint32_t a, uint32_t b);
   Result<std::string> drain(uint32_t node);
+  Result<std::string> add_node(uint32_t id, const std::string& addrs);
+  // A node's address: from the map (nodes added at run time), else from the config.
+  std::optional<net::Endpoint> node_addr(uint32_t id) const;
   Result<std::string> rebalance(bool dry_run);
   Result<std::string> run_plan(const std::vector<std::pair<uint32_t, uint32_t>>& plan);
   Status adopt_map(partition::PartitionMap next);  // newer map: adopt arrived partitions, release gone ones

@@ -146,6 +146,18 @@ Result<PartitionMap> PartitionMap::with_split(uint32_t id, const std::string& at
   return m;
 }
 
+Result<PartitionMap> PartitionMap::with_node(const NodeInfo& n) const {
+  if (n.id == 0) return Status::invalid_argument("node ids start at 1");
+  if (node(n.id)) return Status::invalid_argument("node " + std::to_string(n.id) + " is already in the cluster");
+  for (auto& o : nodes)
+    if (o.addr.to_string() == n.addr.to_string() || o.admin.to_string() == n.admin.to_string())
+      return Status::invalid_argument("address already used by node " + std::to_string(o.id));
+  PartitionMap m = *this;
+  m.nodes.push_back(n);
+  ++m.epoch;
+  return m;
+}
+
 bool PartitionMap::is_draining(uint32_t node) const {
   return std::find(draining.begin(), draining.end(), node) != draining.end();
 }

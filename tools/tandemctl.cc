@@ -10,6 +10,7 @@
 #include <tandem/core/bytes.h>
 #include <tandem/core/flags.h>
 #include <tandem/core/log.h>
+#include <tandem/core/net.h>
 #include <tandem/entity/client.h>
 #include <tandem/partition/partition_map.h>
 
@@ -28,6 +29,7 @@ constexpr const char* kUsage =
     "  merge PARTITION PARTITION  join two adjacent partitions of one type on one node\n"
     "  rebalance [--dry-run] even out partitions over the nodes, one move at a time\n"
     "  drain-node NODE     move every partition off a node; no partition moves to it afterwards\n"
+    "  add-node NODE ADDRESS ADMIN_ADDRESS  add a running node (started with a config that lists it)\n"
     "  --config defaults to .tandem/cluster/cluster.conf; --node limits status and parked to one node.\n";
 
 int usage_error(const std::string& why) {
@@ -95,7 +97,7 @@ int main(int argc, char** argv) {
   auto& args = f->positional();
   if (args.empty()) return usage_error("missing command");
   const std::string& cmd = args[0];
-  static const std::map<std::string, size_t> kArity{{"status", 1}, {"partitions", 1}, {"inspect", 3}, {"parked", 1}, {"redrive", 2}, {"move", 3}, {"split", 2}, {"merge", 3}, {"rebalance", 1}, {"drain-node", 2}};
+  static const std::map<std::string, size_t> kArity{{"status", 1}, {"partitions", 1}, {"inspect", 3}, {"parked", 1}, {"redrive", 2}, {"move", 3}, {"split", 2}, {"merge", 3}, {"rebalance", 1}, {"drain-node", 2}, {"add-node", 4}};
   auto ar = kArity.find(cmd);
   if (ar == kArity.end()) return usage_error("unknown command '" + cmd + "'");
   if (args.size() != ar->second && !(cmd == "split" && args.size() == 3))
@@ -247,6 +249,16 @@ int main(int argc, char** argv) {
     if (json) std::printf("]\n");
     else if (total == 0 && !failed) std::printf("no parked messages\n");
     return failed ? 1 : 0;
+  }
+
+  if (cmd == "add-node") {
+    uint64_t id = 0;
+    auto [p, ec] = std::from_chars(args[1].data(), args[1].data() + args[1].size(), id);
+    if (ec != std::errc() || p != args[1].data() + args[1].size() || id == 0 || id > UINT32_MAX)
+      return usage_error("NODE must be a node id, not '" + args[1] + "'");
+    for (auto* a : {&args[2], &args[3]})
+      if (auto e = tandem::net::Endpoint::parse(*a); !e) return usage_error(e.status().message());
+    return to_controller(c, "add-node", tandem::ByteWriter().varint(id).bytes(args[2] + " " + args[3]).take(), json);
   }
 
   if (cmd == "rebalance" || cmd == "drain-node") {

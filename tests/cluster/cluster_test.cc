@@ -75,10 +75,10 @@ struct Cluster {
   std::string secret() { return read_file(dir.sub("c") + "/secret"); }
 };
 
-void check_demo_ok(const Out& r) {
+void check_demo_ok(const Out& r, int nodes = 3) {
   INFO(r.text.substr(r.text.size() > 3000 ? r.text.size() - 3000 : 0));
   CHECK(r.code == 0);
-  CHECK(r.text.find("RESULT demo nodes=3 ") != std::string::npos);
+  CHECK(r.text.find("RESULT demo nodes=" + std::to_string(nodes) + " ") != std::string::npos);
   CHECK(r.text.find("invariant=ok") != std::string::npos);
 }
 
@@ -519,4 +519,45 @@ TEST_CASE("the target killed at each step of a move: exactly one owner, nothing 
     check_demo_ok(sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf +
                      " --orders 1500 --items 100 --order-prefix after-"));
   }
+}
+
+TEST_CASE("add-node brings a new node in, rebalance gives it partitions, and traffic reaches it") {
+  Cluster c;
+  std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 600 --items 60";
+  {
+    auto first = sh(drive);
+    INFO(first.text);
+    REQUIRE(first.code == 0);
+  }
+  auto bad = std::vector<std::pair<std::string, std::string>>{
+      {"add-node 2 127.0.0.1:1 127.0.0.1:2", "node 2 is already in the cluster"},
+      {"add-node 9 127.0.0.1:1 127.0.0.1:2", "node 9 is not serving at 127.0.0.1:1"},
+      {"add-node 9 localhost 127.0.0.1:2", "is not host:port"},
+      {"add-node x 127.0.0.1:1 127.0.0.1:2", "NODE must be a node id"},
+      {"add-node 9 127.0.0.1:1", "'add-node' takes 3 argument(s), got 2"},
+  };
+  uint64_t epoch = epoch_of(c);
+  for (auto& [args, expect] : bad) {
+    CAPTURE(args);
+    auto r = sh(c.ctl + args);
+    CHECK(r.code != 0);
+    CHECK(r.text.find(expect) != std::string::npos);
+  }
+  CHECK(epoch_of(c) == epoch);
+  auto add = sh("TANDEMCTL=" + std::string(TANDEMCTL_BIN) + " " + c.env + TANDEM_CLUSTER_SCRIPT + " add-node");
+  INFO(add.text);
+  REQUIRE(add.code == 0);
+  CHECK(add.text.find("added node 4") != std::string::npos);
+  auto reb = sh(c.ctl + "rebalance");
+  INFO(reb.text);
+  CHECK(reb.text.find("to node 4") != std::string::npos);
+  auto st = sh(c.ctl + "status");
+  CHECK(st.text.find("\n4     127.0.0.1:" + std::to_string(c.port(4))) != std::string::npos);
+  check_demo_ok(sh(drive), 4);  // the old orders, read back across 4 nodes
+  auto more = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf +
+                 " --orders 600 --items 60 --order-prefix new-");
+  INFO(more.text);
+  CHECK(more.code == 0);
+  CHECK(more.text.find("RESULT demo nodes=4 ") != std::string::npos);
+  CHECK(more.text.find("invariant=ok") != std::string::npos);
 }

@@ -69,6 +69,8 @@ class PartitionMap {
   // joined into `a`.
   Result<PartitionMap> with_merge(uint32_t a, uint32_t b) const;
   bool is_draining(uint32_t node) const;
+  // The same map one epoch later with one more node (owning nothing yet).
+  Result<PartitionMap> with_node(const NodeInfo& n) const;
   // Moves (partition id, target node) that even out partition counts over the nodes that are
   // not draining, and empty the draining ones. Each move is planned against the map as the
   // moves before it leave it.
