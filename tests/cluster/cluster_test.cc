@@ -204,6 +204,7 @@ TEST_CASE("an envelope or a call for an entity the node does not own is answered
 TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-zero exit") {
   Cluster c;
   auto d = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 50 --items 10");
+  INFO(d.text);
   REQUIRE(d.code == 0);
   auto insp = sh(c.ctl + "inspect item sku-1");
   INFO(insp.text);
@@ -294,6 +295,7 @@ TEST_CASE("moves and splits during the demo keep the invariant (>= 20 moves, >= 
 TEST_CASE("conflicting or malformed move and split commands are refused and leave the map unchanged") {
   Cluster c;
   auto d = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 200 --items 100");
+  INFO(d.text);
   REQUIRE(d.code == 0);
   uint64_t epoch = epoch_of(c);
   struct Case {
