@@ -212,18 +212,25 @@ Result<std::unique_ptr<Client>> Client::connect(const Options& opts) {
   auto secret = impl->config.read_secret();
   if (!secret) return secret.status();
   impl->secret = *secret;
+  // Nodes may still be starting (or busy): go round them until one serves the map, for up to
+  // connect_timeout_ms. A wrong secret is final at once.
   Status last = Status::unavailable("no node listed");
-  for (auto& n : impl->config.nodes) {
-    auto r = impl->request(n.id, "map", "");
-    if (!r) {
-      last = Status::unavailable("node " + std::to_string(n.id) + " at " + n.addr.to_string() + ": " + r.status().message());
-      continue;
+  int64_t deadline = impl->env->clock().now_us() + opts.connect_timeout_ms * 1000;
+  do {
+    for (auto& n : impl->config.nodes) {
+      auto r = impl->request(n.id, "map", "", 5'000);
+      if (!r) {
+        if (r.status().code() == Code::kInvalidArgument) return r.status();
+        last = Status::unavailable("node " + std::to_string(n.id) + " at " + n.addr.to_string() + ": " + r.status().message());
+        continue;
+      }
+      auto m = partition::PartitionMap::decode(*r);
+      if (!m) return m.status();
+      impl->map = std::move(*m);
+      return std::unique_ptr<Client>(new Client(std::move(impl)));
     }
-    auto m = partition::PartitionMap::decode(*r);
-    if (!m) return m.status();
-    impl->map = std::move(*m);
-    return std::unique_ptr<Client>(new Client(std::move(impl)));
-  }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  } while (impl->env->clock().now_us() < deadline);
   return last;
 }
 

@@ -110,6 +110,7 @@ int main(int argc, char** argv) {
   tandem::entity::Client::Options o;
   o.config_path = f->str("config", ".tandem/cluster/cluster.conf");
   o.role = "admin";
+  o.connect_timeout_ms = 3'000;  // an admin wants a prompt answer when the cluster is down
   auto client = tandem::entity::Client::connect(o);
   if (!client) {
     std::fprintf(stderr, "tandemctl: cannot reach the cluster (%s): %s\n", o.config_path.c_str(),

@@ -18,8 +18,10 @@ class Client final : public Gateway {
     std::string config_path;       // the cluster config: node addresses and the secret file
     std::string role = "client";   // "admin" for tandemctl
     int64_t call_deadline_ms = 120'000;
+    int64_t connect_timeout_ms = 30'000;  // keep trying the nodes this long before giving up
   };
-  // Connects to the first reachable node and fetches the partition map.
+  // Connects to the first node that answers (trying them in turn for up to connect_timeout_ms)
+  // and fetches the partition map.
   // kInvalidArgument for a bad config or a wrong secret; kUnavailable when no node answers.
   static Result<std::unique_ptr<Client>> connect(const Options& opts);
   ~Client() override;
