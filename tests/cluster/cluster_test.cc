@@ -75,6 +75,20 @@ struct Cluster {
   std::string secret() { return read_file(dir.sub("c") + "/secret"); }
 };
 
+struct Refusal {
+  std::string args, expect;
+};
+
+// Each tandemctl command line must fail with a message containing `expect`.
+void expect_refusals(Cluster& c, const std::vector<Refusal>& cases) {
+  for (auto& k : cases) {
+    CAPTURE(k.args);
+    auto r = sh(c.ctl + k.args);
+    CHECK(r.code != 0);
+    CHECK(r.text.find(k.expect) != std::string::npos);
+  }
+}
+
 void check_demo_ok(const Out& r, int nodes = 3) {
   INFO(r.text.substr(r.text.size() > 3000 ? r.text.size() - 3000 : 0));
   CHECK(r.code == 0);
@@ -215,10 +229,7 @@ TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-
   auto parts = sh(c.ctl + "--json partitions");
   CHECK(parts.code == 0);
   CHECK(parts.text.find("\"epoch\":1") != std::string::npos);
-  struct Case {
-    std::string args, expect;
-  };
-  std::vector<Case> cases{
+  expect_refusals(c, {
       {"", "missing command"},
       {"stauts", "unknown command 'stauts'"},
       {"inspect item", "'inspect' takes 2 argument(s), got 1"},
@@ -228,13 +239,7 @@ TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-
       {"--bogus status", "unknown flag --bogus"},
       {"inspect ghost k", "unknown entity type 'ghost'"},
       {"redrive not-an-id", "not a parked message id"},
-  };
-  for (auto& k : cases) {
-    CAPTURE(k.args);
-    auto r = sh(c.ctl + k.args);
-    CHECK(r.code != 0);
-    CHECK(r.text.find(k.expect) != std::string::npos);
-  }
+  });
   auto unreachable = sh(std::string(TANDEMCTL_BIN) + " --config /nonexistent/cluster.conf status");
   CHECK(unreachable.code == 1);
   CHECK(unreachable.text.find("cannot read cluster config") != std::string::npos);
@@ -298,11 +303,8 @@ TEST_CASE("conflicting or malformed move and split commands are refused and leav
   INFO(d.text);
   REQUIRE(d.code == 0);
   uint64_t epoch = epoch_of(c);
-  struct Case {
-    std::string args, expect;
-  };
   // Initial map: order partitions 1-6 (hash, 256 slots, owners 1,2,3,1,2,3), item 7-11 (range).
-  std::vector<Case> cases{
+  expect_refusals(c, {
       {"move 99 2", "no partition 99"},
       {"move 1 9", "no node 9"},
       {"move 1 1", "already on node 1"},
@@ -329,13 +331,7 @@ TEST_CASE("conflicting or malformed move and split commands are refused and leav
       {"drain-node 9", "no node 9"},
       {"drain-node x", "NODE must be a node id"},
       {"rebalance now", "'rebalance' takes 0 argument(s), got 1"},
-  };
-  for (auto& k : cases) {
-    CAPTURE(k.args);
-    auto r = sh(c.ctl + k.args);
-    CHECK(r.code != 0);
-    CHECK(r.text.find(k.expect) != std::string::npos);
-  }
+  });
   CHECK(epoch_of(c) == epoch);
   // Two commands at once: the second is refused while the first runs.
   bool conflict_seen = false;
@@ -531,20 +527,14 @@ TEST_CASE("add-node brings a new node in, rebalance gives it partitions, and tra
     INFO(first.text);
     REQUIRE(first.code == 0);
   }
-  auto bad = std::vector<std::pair<std::string, std::string>>{
+  uint64_t epoch = epoch_of(c);
+  expect_refusals(c, {
       {"add-node 2 127.0.0.1:1 127.0.0.1:2", "node 2 is already in the cluster"},
       {"add-node 9 127.0.0.1:1 127.0.0.1:2", "node 9 is not serving at 127.0.0.1:1"},
       {"add-node 9 localhost 127.0.0.1:2", "is not host:port"},
       {"add-node x 127.0.0.1:1 127.0.0.1:2", "NODE must be a node id"},
       {"add-node 9 127.0.0.1:1", "'add-node' takes 3 argument(s), got 2"},
-  };
-  uint64_t epoch = epoch_of(c);
-  for (auto& [args, expect] : bad) {
-    CAPTURE(args);
-    auto r = sh(c.ctl + args);
-    CHECK(r.code != 0);
-    CHECK(r.text.find(expect) != std::string::npos);
-  }
+  });
   CHECK(epoch_of(c) == epoch);
   auto add = sh("TANDEMCTL=" + std::string(TANDEMCTL_BIN) + " " + c.env + TANDEM_CLUSTER_SCRIPT + " add-node");
   INFO(add.text);
