@@ -828,6 +828,15 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
     });
     return;
   }
+  if ((method == "scan" || method == "parked" || method == "inspect" || method == "redrive" || method == "quiescent") &&
+      !part_exec_->in_this_thread()) {
+    // These scan the store or wait for the engine thread: not on the network thread, which
+    // serves every session of this node.
+    part_exec_->post([this, role, method, body = std::move(body), respond = std::move(respond)]() mutable {
+      on_request(role, method, std::move(body), std::move(respond));
+    });
+    return;
+  }
   if (method == "status") return respond(Status::ok(), status_text());
   if (method == "quiescent") return respond(Status::ok(), engine_->quiescent() ? "1" : "0");
   if (method == "timers") return respond(Status::ok(), std::to_string(engine_->stats().timers));

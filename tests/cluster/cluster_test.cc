@@ -89,6 +89,13 @@ void expect_refusals(Cluster& c, const std::vector<Refusal>& cases) {
   }
 }
 
+// Runs the demo driver command line; it must succeed (its output is shown when it does not).
+void require_drive(const std::string& cmd) {
+  auto r = sh(cmd);
+  INFO(r.text);
+  REQUIRE(r.code == 0);
+}
+
 void check_demo_ok(const Out& r, int nodes = 3) {
   INFO(r.text.substr(r.text.size() > 3000 ? r.text.size() - 3000 : 0));
   CHECK(r.code == 0);
@@ -217,9 +224,7 @@ TEST_CASE("an envelope or a call for an entity the node does not own is answered
 
 TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-zero exit") {
   Cluster c;
-  auto d = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 50 --items 10");
-  INFO(d.text);
-  REQUIRE(d.code == 0);
+  require_drive(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 50 --items 10");
   auto insp = sh(c.ctl + "inspect item sku-1");
   INFO(insp.text);
   CHECK(insp.code == 0);
@@ -299,9 +304,7 @@ TEST_CASE("moves and splits during the demo keep the invariant (>= 20 moves, >= 
 
 TEST_CASE("conflicting or malformed move and split commands are refused and leave the map unchanged") {
   Cluster c;
-  auto d = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 200 --items 100");
-  INFO(d.text);
-  REQUIRE(d.code == 0);
+  require_drive(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 200 --items 100");
   uint64_t epoch = epoch_of(c);
   // Initial map: order partitions 1-6 (hash, 256 slots, owners 1,2,3,1,2,3), item 7-11 (range).
   expect_refusals(c, {
@@ -356,9 +359,7 @@ TEST_CASE("a node killed at each step of a move leaves exactly one owner and los
     CAPTURE(step.point);
     Cluster c;
     std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 1500 --items 100";
-    auto first = sh(drive);
-    INFO(first.text);
-    REQUIRE(first.code == 0);
+    require_drive(drive);
     auto r = sh("TANDEM_CRASH_AT=" + step.point + " " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 1");
     REQUIRE(r.code == 0);
     auto mv = sh(c.ctl + "move 1 2");
@@ -381,11 +382,7 @@ TEST_CASE("a node killed at each step of a move leaves exactly one owner and los
 TEST_CASE("a duplicate of a message applied before a move is not applied again at the new owner") {
   Cluster c;
   std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 300 --items 10";
-  {
-    auto first = sh(drive);
-    INFO(first.text);
-    REQUIRE(first.code == 0);
-  }
+  require_drive(drive);
   // Item sku-1 is in partition 7 (range [, sku-2), node 1). Find an order it has a record of.
   auto before = sh(c.ctl + "inspect item sku-1");
   auto pos = before.text.find("activity order/");
@@ -428,11 +425,7 @@ TEST_CASE("a duplicate of a message applied before a move is not applied again a
 TEST_CASE("rebalance plans and evens out, drain-node empties a node and refuses moves to it, merge joins") {
   Cluster c;
   std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 600 --items 60";
-  {
-    auto first = sh(drive);
-    INFO(first.text);
-    REQUIRE(first.code == 0);
-  }
+  require_drive(drive);
   CHECK(sh(c.ctl + "rebalance --dry-run").text.find("balanced: nothing to move") != std::string::npos);
   REQUIRE(sh(c.ctl + "move 2 1").code == 0);
   REQUIRE(sh(c.ctl + "move 3 1").code == 0);
@@ -465,11 +458,7 @@ TEST_CASE("rebalance plans and evens out, drain-node empties a node and refuses 
 TEST_CASE("a controller killed during a move of another node's partition: the source is thawed when it restarts") {
   Cluster c;
   std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 800 --items 80";
-  {
-    auto first = sh(drive);
-    INFO(first.text);
-    REQUIRE(first.code == 0);
-  }
+  require_drive(drive);
   // Partition 2 (order) is on node 2; the controller (node 1) dies after node 2 froze and exported it.
   REQUIRE(sh("TANDEM_CRASH_AT=move:before_commit " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 1").code == 0);
   CHECK(sh(c.ctl + "move 2 3").code != 0);
@@ -497,9 +486,7 @@ TEST_CASE("the target killed at each step of a move: exactly one owner, nothing 
     CAPTURE(step.point);
     Cluster c;
     std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 1500 --items 100";
-    auto first = sh(drive);
-    INFO(first.text);
-    REQUIRE(first.code == 0);
+    require_drive(drive);
     REQUIRE(sh("TANDEM_CRASH_AT=" + step.point + " " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 2").code == 0);
     auto mv = sh(c.ctl + "move 1 2");
     INFO(mv.text);
@@ -522,11 +509,7 @@ TEST_CASE("the target killed at each step of a move: exactly one owner, nothing 
 TEST_CASE("add-node brings a new node in, rebalance gives it partitions, and traffic reaches it") {
   Cluster c;
   std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 600 --items 60";
-  {
-    auto first = sh(drive);
-    INFO(first.text);
-    REQUIRE(first.code == 0);
-  }
+  require_drive(drive);
   uint64_t epoch = epoch_of(c);
   expect_refusals(c, {
       {"add-node 2 127.0.0.1:1 127.0.0.1:2", "node 2 is already in the cluster"},
