@@ -1,4 +1,5 @@
 #include <tandem/partition/partition_map.h>
+#include <tandem/core/etcd.h>
 
 #include <algorithm>
 #include <climits>
@@ -398,6 +399,10 @@ Result<ClusterConfig> ClusterConfig::parse(std::string_view text, const std::str
     } else if (w[0] == "durability" && w.size() == 2) {
       if (w[1] != "strict" && w[1] != "relaxed") return err("durability must be strict or relaxed");
       c.durability = w[1];
+    } else if (w[0] == "meta" && w.size() == 2) {
+      if (w[1] != "embedded")
+        if (auto a = EtcdAddress::parse(w[1]); !a) return err(a.status().message());
+      c.meta = w[1];
     } else if (w[0] == "node") {
       // node <id> <host:port> admin <host:port> data <dir>
       if (w.size() != 7 || w[3] != "admin" || w[5] != "data") return err("expected: node <id> <host:port> admin <host:port> data <dir>");

@@ -84,6 +84,7 @@ struct ClusterConfig {
   std::string dir;  // the folder of the config file
   std::string secret_file;
   std::string durability = "strict";
+  std::string meta = "embedded";  // the metadata store: embedded, or etcd://HOST:PORT[/PREFIX]
   std::vector<NodeInfo> nodes;
   std::vector<TypeSpec> types;
 
