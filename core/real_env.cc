@@ -33,6 +33,7 @@ class RealClock final : public Clock {
                std::chrono::system_clock::now().time_since_epoch())
         .count();
   }
+  void sleep_us(int64_t us) const override { std::this_thread::sleep_for(std::chrono::microseconds(us)); }
 };
 
 class AsioExecutor final : public Executor {

@@ -180,6 +180,20 @@ Status ClusterNode::load_map() {
     if (!m) return m.status();
     mine = std::move(*m);
   }
+  if (meta_) {
+    // etcd is authoritative; the local copy is only a cache for tools that read the store.
+    auto m = meta_->load_or_create(partition::PartitionMap::initial(config_.nodes, config_.types), 30'000);
+    if (!m) return m.status();
+    if (mine && mine->epoch > m->epoch)
+      log::warn("node {}: the local copy of the map (epoch {}) is newer than etcd's (epoch {}); using etcd's", self_.id,
+                mine->epoch, m->epoch);
+    partition::WriteBatch b;
+    b.put(partition::Cf::kMeta, kMapKey, m->encode());
+    TANDEM_TRY((*store)->write(b));
+    std::lock_guard lock(map_mu_);
+    map_ = std::move(*m);
+    return Status::ok();
+  }
   uint32_t controller = config_.nodes.front().id;
   for (auto& n : config_.nodes) controller = std::min(controller, n.id);
   controller_ = controller;
@@ -253,6 +267,13 @@ Status ClusterNode::start() {
     opts_.data_dir = self_.data_dir.empty() || self_.data_dir[0] == '/' ? self_.data_dir : config_.dir + "/" + self_.data_dir;
   opts_.durability = config_.durability;
   net_ = net::make_real_network();
+  ctl_exec_ = env_.make_executor("tandem-ctl");
+  part_exec_ = env_.make_executor("tandem-part");
+  if (config_.meta != "embedded") {
+    auto addr = EtcdAddress::parse(config_.meta);
+    if (!addr) return addr.status();
+    meta_ = std::make_unique<EtcdMeta>(env_, *addr, self_.id);
+  }
   TANDEM_TRY(load_map());
 
   engine_ = std::make_unique<Engine>(env_, registry_, opts_);
@@ -262,8 +283,7 @@ Status ClusterNode::start() {
   }
   engine_->set_router([this](const EntityRef& r) { return owns(r); });
   engine_->set_frozen([this](const EntityRef& r) { return frozen(r); });
-  ctl_exec_ = env_.make_executor("tandem-ctl");
-  part_exec_ = env_.make_executor("tandem-part");
+  engine_->set_fence([this](const std::vector<EntityRef>& touched) { return fence(touched); });
   peers_ = std::make_unique<PeerTransport>(*this);
   engine_->set_remote_transport(peers_.get());
   TANDEM_TRY(engine_->start());
@@ -281,9 +301,23 @@ Status ClusterNode::start() {
   if (!port) return port.status();
   auto admin = net_->listen(self_.admin, [this](std::shared_ptr<net::Connection> c) { serve_metrics(std::move(c)); });
   if (!admin) return admin.status();
-  if (self_.id == controller_) {
-    // The controller's map is authoritative: drop what a move that died after its commit left
-    // here, and tell every node the current map (one may have missed it while this node was down).
+  if (meta_) {
+    EtcdMeta::Hooks hooks;
+    hooks.on_map = [this](partition::PartitionMap m) {
+      part_exec_->post([this, m = std::move(m)]() mutable {
+        uint64_t from = map_copy().epoch, to = m.epoch;
+        if (to <= from) return;
+        auto st = adopt_map(std::move(m));
+        log::info("node {}: partition map from etcd: epoch {} -> {}: {}", self_.id, from, to, st.to_string());
+      });
+    };
+    hooks.on_controller = [this](uint32_t c) {
+      uint32_t before = controller_.exchange(c);
+      log::info("node {}: controller is node {} (was {})", self_.id, c, before);
+      if (c == self_.id && before != c) ctl_exec_->post([this] { take_control(); });
+    };
+    TANDEM_TRY(meta_->start(std::move(hooks)));
+  } else if (self_.id == controller_) {
     std::vector<uint32_t> not_mine;
     {
       std::lock_guard lock(map_mu_);
@@ -291,23 +325,65 @@ Status ClusterNode::start() {
         if (p.owner != self_.id) not_mine.push_back(p.id);
     }
     TANDEM_TRY(engine_->release(ranges_of(not_mine)));
-    ctl_exec_->post([this] {
-      std::string enc;
-      {
-        std::lock_guard lock(map_mu_);
-        enc = map_.encode();
-      }
-      for (auto& n : map_copy().nodes) {
-        if (n.id == self_.id) continue;
-        for (int attempt = 0; attempt < 50; ++attempt) {
-          if (call_node(n.id, "map-reset", enc)) break;
-          std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        }
-      }
-    });
+    ctl_exec_->post([this] { take_control(); });
   }
-  log::info("node {} serving on {} (metrics on http://{}/metrics), data {}, durability {}", self_.id,
-            self_.addr.to_string(), self_.admin.to_string(), opts_.data_dir, opts_.durability);
+  log::info("node {} serving on {} (metrics on http://{}/metrics), data {}, durability {}, metadata {}", self_.id,
+            self_.addr.to_string(), self_.admin.to_string(), opts_.data_dir, opts_.durability, config_.meta);
+  return Status::ok();
+}
+
+void ClusterNode::take_control() {
+  // The map in the store (etcd's, or this node's own) is authoritative: drop what a move that
+  // died after its commit left here, and tell every node the current map (one may have missed
+  // it, and a source may still hold a partition frozen for a move that did not finish).
+  // Runs on ctl_exec_, so map changes asked for meanwhile wait until every node has the map.
+  if (meta_) {
+    if (auto m = meta_->newest()) adopt_map(*m).ignore_error("logged by adopt_map's callers; re-sent below");
+  }
+  std::vector<uint32_t> not_mine;
+  {
+    std::lock_guard lock(map_mu_);
+    for (auto& p : map_.partitions)
+      if (p.owner != self_.id) not_mine.push_back(p.id);
+  }
+  if (auto st = engine_->release(ranges_of(not_mine)); !st) log::error("node {}: release: {}", self_.id, st.to_string());
+  std::string enc;
+  {
+    std::lock_guard lock(map_mu_);
+    enc = map_.encode();
+  }
+  for (auto& n : map_copy().nodes) {
+    if (n.id == self_.id) continue;
+    for (int attempt = 0; attempt < 50 && !stopping_ && controller_.load() == self_.id; ++attempt) {
+      if (call_node(n.id, "map-reset", enc)) break;
+      env_.clock().sleep_us(200'000);
+    }
+  }
+  log::info("node {}: controller: every node has the map at epoch {}", self_.id, map_copy().epoch);
+}
+
+Status ClusterNode::commit_map(const partition::PartitionMap& next) {
+  if (meta_) return meta_->commit(next);
+  return persist_map(next);
+}
+
+Status ClusterNode::fence(const std::vector<EntityRef>& touched) {
+  std::shared_ptr<const partition::PartitionMap> newest;
+  if (meta_) {
+    if (!meta_->lease_valid()) {
+      log::warn("node {}: no valid etcd lease: holding this commit until the lease is renewed", self_.id);
+      if (!meta_->wait_lease(30'000)) return Status::unavailable("the etcd lease was not renewed within 30 s");
+    }
+    newest = meta_->newest();
+  }
+  std::lock_guard lock(map_mu_);
+  const partition::PartitionMap& m = newest && newest->epoch > map_.epoch ? *newest : map_;
+  for (auto& r : touched) {
+    auto* p = m.find(r);
+    if (p && p->owner != self_.id)
+      return Status::conflict(r.to_string() + " is in partition " + std::to_string(p->id) + ", owned by node " +
+                              std::to_string(p->owner) + " at epoch " + std::to_string(m.epoch));
+  }
   return Status::ok();
 }
 
@@ -330,6 +406,7 @@ messaging::SessionHandlers ClusterNode::session_handlers(const std::string& role
 // calls see `stopping_` and give up), then the executors, then the engine.
 void ClusterNode::stop() {
   stopping_ = true;
+  if (meta_) meta_->stop();
   if (peers_) peers_->close_all();
   if (net_) net_->stop();
   ctl_exec_.reset();
@@ -341,8 +418,15 @@ void ClusterNode::refresh_map_async() {
   int64_t now = env_.clock().now_us() / 1000;
   int64_t last = last_refresh_ms_.load();
   if (now - last < 200 || !last_refresh_ms_.compare_exchange_strong(last, now)) return;
-  const partition::NodeInfo* c = config_.node(controller_);
-  if (!c || controller_ == self_.id) return;
+  if (meta_) {  // the watch brings every map; adopt the newest seen if it is still pending
+    part_exec_->post([this] {
+      auto m = meta_->newest();
+      if (m && m->epoch > map_copy().epoch) adopt_map(*m).ignore_error("the watch brings it again");
+    });
+    return;
+  }
+  const partition::NodeInfo* c = config_.node(controller_.load());
+  if (!c || controller_.load() == self_.id) return;
   messaging::SessionOptions o;
   o.secret = secret_;
   o.role = "node";
@@ -415,10 +499,14 @@ Result<std::string> ClusterNode::call_node(uint32_t id, const std::string& metho
     if (!st) return p->set_value(st);
     p->set_value(std::move(b));
   });
+  // Copying a partition's rows takes time in proportion to its size; every other request is
+  // quick, and a node that does not answer it within 10 s is taken as stalled.
+  const int limit_ms = method == "export" || method == "ingest" ? 120'000 : 10'000;
   for (int waited_ms = 0; f.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready; waited_ms += 100) {
     if (stopping_) return Status::unavailable("this node is stopping");
-    if (waited_ms >= 120'000)
-      return Status::unavailable("node " + std::to_string(id) + " did not answer " + method + " within 120 s");
+    if (waited_ms >= limit_ms)
+      return Status::unavailable("node " + std::to_string(id) + " did not answer " + method + " within " +
+                                 std::to_string(limit_ms / 1000) + " s");
   }
   try {
     return f.get();
@@ -607,16 +695,22 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
   if (!exported) return abort(exported.status());
   // The commit point: from here on `to` owns the partition.
   TANDEM_CRASH_POINT("move:before_commit");
-  TANDEM_TRY(persist_map(*next));
+  if (auto c = commit_map(*next); !c) {
+    // Not known to be written: leave the partition frozen at the source; the next controller's
+    // map-reset thaws or releases it by what the store holds.
+    if (c.code() == Code::kUnknownOutcome) return c;
+    return abort(c);
+  }
   TANDEM_CRASH_POINT("move:committed");
   // Each node switches its own map in adopt_map (the controller too, last), so a node that
   // gains or loses the partition starts or stops it as it switches.
   std::string enc = next->encode();
   for (uint32_t n : {to, from}) {
+    int64_t give_up_us = env_.clock().now_us() + 15'000'000;
     for (int attempt = 0;; ++attempt) {
       auto r = call_node(n, n == to ? "adopt" : "release", enc);
       if (r) break;
-      if (attempt >= 100) {
+      if (env_.clock().now_us() > give_up_us) {
         log::error("move of partition {}: node {} did not take epoch {}: {}; it will learn it when it asks", pid, n,
                    next->epoch, r.status().to_string());
         break;
@@ -647,6 +741,7 @@ Result<std::string> ClusterNode::split(uint32_t pid, const std::string& at_arg) 
   }
   auto next = current.with_split(pid, at);
   if (!next) return next.status();
+  TANDEM_TRY(commit_map(*next));
   TANDEM_TRY(adopt_map(*next));
   announce(*next, {});
   auto& half = next->partitions.back();
@@ -663,6 +758,7 @@ Result<std::string> ClusterNode::merge(uint32_t a, uint32_t b) {
   partition::PartitionMap current = map_copy();
   auto next = current.with_merge(a, b);
   if (!next) return next.status();
+  TANDEM_TRY(commit_map(*next));
   TANDEM_TRY(adopt_map(*next));
   announce(*next, {});
   std::string out = "merged partition " + std::to_string(b) + " into " + std::to_string(a) + "; epoch " + std::to_string(next->epoch);
@@ -691,6 +787,7 @@ Result<std::string> ClusterNode::drain(uint32_t node) {
   if (next.draining.size() + 1 >= next.nodes.size()) return Status::invalid_argument("cannot drain the last node that is not draining");
   next.draining.push_back(node);
   ++next.epoch;
+  TANDEM_TRY(commit_map(next));
   TANDEM_TRY(adopt_map(next));
   announce(next, {});
   auto r = run_plan(next.rebalance_plan());
@@ -720,6 +817,7 @@ Result<std::string> ClusterNode::add_node(uint32_t id, const std::string& addrs)
   });
   if (auto st = reached.get_future().get(); !st)
     return Status::unavailable("node " + std::to_string(id) + " is not serving at " + addr->to_string() + ": " + st.message());
+  TANDEM_TRY(commit_map(*next));
   TANDEM_TRY(adopt_map(*next));
   announce(*next, {});
   std::string out = "added node " + std::to_string(id) + " at " + addr->to_string() + "; it owns no partition yet "
@@ -764,6 +862,10 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
     std::lock_guard lock(map_mu_);
     return respond(Status::ok(), map_.encode());
   }
+  if (method == "controller") {
+    if (controller_.load() == 0) return respond(Status::unavailable("no controller elected yet"), {});
+    return respond(Status::ok(), std::to_string(controller_.load()));
+  }
   if (method == "call") {
     auto c = rpc::Call::decode(body);
     if (!c) return respond(Status::invalid_argument("malformed call"), {});
@@ -775,9 +877,9 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
   if (method == "move" || method == "split" || method == "merge" || method == "drain" || method == "rebalance" ||
       method == "add-node") {
     if (!admin) return respond(Status::invalid_argument(method + " needs an admin connection"), {});
-    if (self_.id != controller_)
+    if (self_.id != controller_.load())
       return respond(Status::invalid_argument("node " + std::to_string(self_.id) + " is not the controller (node " +
-                                              std::to_string(controller_) + " is)"), {});
+                                              std::to_string(controller_.load()) + " is)"), {});
     if (ctl_busy_.exchange(true))
       return respond(Status::conflict("another move or split is in progress; nothing changed"), {});
     ctl_exec_->post([this, method, body = std::move(body), respond = std::move(respond)] {
@@ -949,6 +1051,8 @@ std::string ClusterNode::status_text() {
   out << "node " << self_.id << "\n"
       << "address " << self_.addr.to_string() << "\n"
       << "epoch " << epoch << "\n"
+      << "controller " << controller_.load() << "\n"
+      << "meta " << config_.meta << "\n"
       << "partitions " << owned << "\n"
       << "partitions_total " << total << "\n"
       << "outbox_depth " << s.outbox_depth << "\n"

@@ -2,9 +2,11 @@
 // the authenticated TCP transport to the other nodes, the request handlers for clients and
 // tandemctl, and the Prometheus metrics endpoint.
 //
-// The partition map lives with the controller (the node with the lowest id) in its `meta`
-// column family (the `embedded` metadata store); the other nodes fetch it from the controller
-// at start and keep a copy in their own `meta`. An envelope or client call for an entity this
+// The partition map lives in the metadata store. `embedded` (the default): with the controller
+// (the node with the lowest id) in its `meta` column family; the other nodes fetch it from the
+// controller at start and keep a copy in their own `meta`. `etcd://...`: in etcd (EtcdMeta),
+// where every node watches it and the controller is whichever node holds the etcd controller
+// key; each commit is fenced by the node's etcd lease. An envelope or client call for an entity this
 // node does not own is answered `unavailable: moved owner=N epoch=E`, and the sender re-routes.
 #pragma once
 
@@ -26,6 +28,7 @@
 #include <tandem/partition/partition_map.h>
 
 #include "engine.h"
+#include "etcd_meta.h"
 
 namespace tandem::entity {
 
@@ -65,8 +68,15 @@ class ClusterNode {
   Result<std::string> run_plan(const std::vector<std::pair<uint32_t, uint32_t>>& plan);
   Status adopt_map(partition::PartitionMap next);  // newer map: adopt arrived partitions, release gone ones
   Status persist_map(const partition::PartitionMap& m);
+  // The commit point of a map change made by the controller: etcd's compare-and-swap, or the
+  // controller's own store (embedded).
+  Status commit_map(const partition::PartitionMap& next);
+  // This node just became the controller: make every node hold the authoritative map.
+  void take_control();
+  // The commit fence (Engine::set_fence).
+  Status fence(const std::vector<EntityRef>& touched);
   std::vector<partition::KeyRange> ranges_of(const std::vector<uint32_t>& pids) const;
-  uint32_t controller() const { return controller_; }
+  uint32_t controller() const { return controller_.load(); }
   partition::PartitionMap map_copy() const;
   // Sends `m` to every other node except `skip` (best effort).
   void announce(const partition::PartitionMap& m, std::initializer_list<uint32_t> skip);
@@ -96,7 +106,8 @@ class ClusterNode {
   std::atomic<bool> ctl_busy_{false};         // a move or split is running
   std::atomic<bool> stopping_{false};
   std::unique_ptr<Executor> part_exec_;       // blocking partition requests from the controller
-  uint32_t controller_ = 0;
+  std::atomic<uint32_t> controller_{0};
+  std::unique_ptr<EtcdMeta> meta_;  // set with `meta etcd://...`
 };
 
 }  // namespace tandem::entity

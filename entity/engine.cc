@@ -1,5 +1,7 @@
 #include "engine.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <algorithm>
 #include <condition_variable>
 #include <filesystem>
@@ -369,6 +371,7 @@ void Engine::process(Work& w) {
   if (w.ack) open_.acks.push_back(std::move(w.ack));
   view_->apply(std::move(txn));
   if (result == Transition::Result::kApplied && !attempts_.empty()) attempts_.erase(work_id(env));
+  touch(env.to);
   open_.transitions++;
 }
 
@@ -536,6 +539,7 @@ void Engine::park(Work& w, const std::string& reason) {
   if (env.kind == Kind::kClientRequest)
     open_.client_replies.emplace_back(call_key(env.to, env.from.key, env.idempotency_key),
                                       ClientReply{Status::invalid_argument("message parked: " + reason), 0, {}});
+  touch(env.to);
   open_.transitions++;
 }
 
@@ -555,6 +559,7 @@ void Engine::seal_and_commit() {
   size_t n = open_.transitions;
   uint64_t mx = c_.max_per_commit.load();
   if (n > mx) c_.max_per_commit = n;
+  std::vector<EntityRef> touched = std::move(open_.touched);
   committing_.emplace(sealed.group, std::move(open_));
   open_ = Actions();
   inflight_commits_++;
@@ -562,6 +567,7 @@ void Engine::seal_and_commit() {
   int64_t started = env_.clock().now_us();
   if (durability_ == partition::Durability::kRelaxed && n <= kInlineCommit && inflight_commits_ == 1) {
     // A small relaxed commit costs less than the two thread hand-offs of the commit thread.
+    check_fence(touched);
     TANDEM_CRASH_POINT("commit:before_write");
     auto s = store_->write(sealed.batch);
     if (!s) {
@@ -573,7 +579,8 @@ void Engine::seal_and_commit() {
     return;
   }
   auto batch = std::make_shared<partition::WriteBatch>(std::move(sealed.batch));
-  commit_exec_->post([this, batch, group = sealed.group, started] {
+  commit_exec_->post([this, batch, group = sealed.group, started, touched = std::move(touched)] {
+    check_fence(touched);
     TANDEM_CRASH_POINT("commit:before_write");
     auto s = store_->write(*batch);
     if (!s) {
@@ -584,6 +591,15 @@ void Engine::seal_and_commit() {
     TANDEM_CRASH_POINT("commit:after_write");
     exec_->post([this, group, started] { on_committed(group, started); });
   });
+}
+
+void Engine::check_fence(const std::vector<EntityRef>& touched) {
+  if (!fence_) return;
+  if (auto s = fence_(touched); !s) {
+    log::error("fenced: {}; stopping the process without writing the group", s.message());
+    std::fflush(nullptr);
+    std::_Exit(kFencedExitCode);
+  }
 }
 
 void Engine::on_committed(uint64_t group, int64_t started_us) {

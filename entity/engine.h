@@ -39,6 +39,8 @@ inline constexpr uint64_t kEscrowDeadline = 2;
 
 // A group this large is sealed even while another commit is in flight.
 inline constexpr size_t kEagerSeal = 256;
+// The exit code of a process stopped by its fence (see set_fence).
+inline constexpr int kFencedExitCode = 75;
 // Relaxed groups of at most this many transitions are written on the engine thread.
 inline constexpr size_t kInlineCommit = 32;
 
@@ -66,6 +68,11 @@ class Engine final : public messaging::Inbound {
   // are refused for a later retry, local ones go to the outbox, client calls are answered
   // `unavailable`). Call before start(); `frozen` must be thread-safe.
   void set_frozen(std::function<bool(const EntityRef&)> frozen) { frozen_ = std::move(frozen); }
+  // Fencing: called before every group commit with the entities whose transitions it holds
+  // (consecutive repeats removed); a non-ok answer means this node may no longer write them,
+  // and the process stops without writing the group (crash-only: the senders retry, and the
+  // restarted node learns the current map). Call before start(); `fence` must be thread-safe.
+  void set_fence(std::function<Status(const std::vector<EntityRef>&)> fence) { fence_ = std::move(fence); }
 
   // ---- partition moves (blocking; call from a thread that is not the engine's) ----
   // Waits until every transition that ran before this call is committed.
@@ -106,6 +113,7 @@ class Engine final : public messaging::Inbound {
     std::vector<std::pair<std::string, ClientReply>> client_replies;
     std::set<TimerEntry> timers;
     std::vector<Work> retries;  // failed transitions to run again after a backoff
+    std::vector<EntityRef> touched;  // entities written (kept only when a fence is set)
     size_t transitions = 0;
     bool empty() const {
       return transitions == 0 && acks.empty() && relay_rows.empty() && client_replies.empty() && retries.empty();
@@ -145,6 +153,11 @@ class Engine final : public messaging::Inbound {
   messaging::Transport* remote_transport_ = nullptr;
   std::function<bool(const EntityRef&)> hosts_;  // unset: this node hosts every registered type
   std::function<bool(const EntityRef&)> frozen_;
+  std::function<Status(const std::vector<EntityRef>&)> fence_;
+  void touch(const EntityRef& ref) {
+    if (fence_ && (open_.touched.empty() || !(open_.touched.back() == ref))) open_.touched.push_back(ref);
+  }
+  void check_fence(const std::vector<EntityRef>& touched);
   uint64_t sealed_groups_ = 0, committed_groups_ = 0;  // executor thread
   bool is_local(const EntityRef& ref) const { return registry_.find(ref.type) && (!hosts_ || hosts_(ref)); }
   class RoutingTransport;

@@ -3,6 +3,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include <tandem/core/etcd.h>
 #include <tandem/core/flags.h>
 #include <tandem/core/log.h>
 #include <tandem/core/net.h>
@@ -15,12 +16,13 @@ namespace {
 constexpr const char* kUsage =
     "node flags: --config FILE --id N [--log-level trace|debug|info|warn|error] [--max-batch N]\n"
     "            [--listen HOST:PORT] [--admin HOST:PORT] [--data DIR] [--secret-file FILE] [--durability strict|relaxed]\n"
+    "            [--meta embedded|etcd://HOST:PORT[/PREFIX]]\n"
     "  --listen/--admin/--data override this node's line of the config (other nodes still reach it at\n"
-    "  the address the config lists); --secret-file and --durability override the cluster settings.\n";
+    "  the address the config lists); --secret-file, --durability and --meta override the cluster settings.\n";
 }
 
 int NodeMain::run() {
-  auto f = Flags::parse(argc_, argv_, first_, {"config", "id", "log-level", "max-batch", "listen", "admin", "data", "secret-file", "durability"}, {});
+  auto f = Flags::parse(argc_, argv_, first_, {"config", "id", "log-level", "max-batch", "listen", "admin", "data", "secret-file", "durability", "meta"}, {});
   if (!f) {
     std::fprintf(stderr, "%s\n%s", f.status().to_string().c_str(), kUsage);
     return 2;
@@ -65,6 +67,15 @@ int NodeMain::run() {
       return 2;
     }
     config->durability = d;
+  }
+  if (f->has("meta")) {
+    auto m = f->str("meta", "");
+    if (m != "embedded")
+      if (auto a = EtcdAddress::parse(m); !a) {
+        std::fprintf(stderr, "--meta: %s\n%s", a.status().message().c_str(), kUsage);
+        return 2;
+      }
+    config->meta = m;
   }
   // Signals are taken by sigwait below; block them before any thread starts.
   sigset_t sigs;

@@ -1,5 +1,7 @@
 // Named crash points: with TANDEM_CRASH_AT=<name>[:<n>] in the environment, the process exits
 // abruptly (_exit, no flush, like kill -9) the n-th time (default 1st) it reaches <name>.
+// With TANDEM_STOP_AT=<name>[:<n>] it pauses there instead (SIGSTOP to itself) and goes on
+// at SIGCONT, as a process stalled at that moment would.
 // Compiled to nothing without TANDEM_TEST_HOOKS.
 #pragma once
 

@@ -19,6 +19,9 @@ class Clock {
   // Wall-clock milliseconds since the Unix epoch; used for durable deadlines and timers,
   // which must keep their meaning across a restart.
   virtual int64_t wall_ms() const = 0;
+  // Blocks the calling thread for `us` microseconds (a simulator advances its time instead).
+  // Only for threads that may block: bounded waits at start-up and in fencing.
+  virtual void sleep_us(int64_t us) const = 0;
 };
 
 // A seeded pseudo-random source. Not thread-safe: one per executor.
