@@ -315,6 +315,7 @@ Status ClusterNode::start() {
       uint32_t before = controller_.exchange(c);
       log::info("node {}: controller is node {} (was {})", self_.id, c, before);
       if (c == self_.id && before != c) ctl_exec_->post([this] { take_control(); });
+      if (c != 0 && before != c) part_exec_->post([this, c] { thaw_orphans(c); });
     };
     TANDEM_TRY(meta_->start(std::move(hooks)));
   } else if (self_.id == controller_) {
@@ -340,26 +341,41 @@ void ClusterNode::take_control() {
   if (meta_) {
     if (auto m = meta_->newest()) adopt_map(*m).ignore_error("logged by adopt_map's callers; re-sent below");
   }
-  std::vector<uint32_t> not_mine;
-  {
-    std::lock_guard lock(map_mu_);
-    for (auto& p : map_.partitions)
-      if (p.owner != self_.id) not_mine.push_back(p.id);
-  }
-  if (auto st = engine_->release(ranges_of(not_mine)); !st) log::error("node {}: release: {}", self_.id, st.to_string());
   std::string enc;
   {
     std::lock_guard lock(map_mu_);
     enc = map_.encode();
   }
-  for (auto& n : map_copy().nodes) {
-    if (n.id == self_.id) continue;
-    for (int attempt = 0; attempt < 50 && !stopping_ && controller_.load() == self_.id; ++attempt) {
+  for (auto& n : map_copy().nodes) {  // this node too: it may hold a partition frozen for that move
+    // A node that stays unreachable learns the map when it starts (or from its next `moved`).
+    int64_t give_up_us = env_.clock().now_us() + 10'000'000;
+    while (!stopping_ && controller_.load() == self_.id && env_.clock().now_us() < give_up_us) {
       if (call_node(n.id, "map-reset", enc)) break;
       env_.clock().sleep_us(200'000);
     }
   }
   log::info("node {}: controller: every node has the map at epoch {}", self_.id, map_copy().epoch);
+}
+
+void ClusterNode::thaw_orphans(uint32_t controller) {
+  std::vector<uint32_t> thawed;
+  auto newest = meta_ ? meta_->newest() : nullptr;  // a commit this node has not adopted yet counts
+  {
+    std::lock_guard lock(map_mu_);
+    const partition::PartitionMap& m = newest && newest->epoch > map_.epoch ? *newest : map_;
+    for (auto it = frozen_.begin(); it != frozen_.end();) {
+      auto* p = m.partition(it->first);
+      if (it->second != controller && p && p->owner == self_.id) {
+        thawed.push_back(it->first);
+        it = frozen_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  if (thawed.empty()) return;
+  log::warn("node {}: thawing {} partition(s) frozen by a controller that lost the role", self_.id, thawed.size());
+  if (auto st = engine_->rearm(ranges_of(thawed)); !st) log::error("node {}: rearm: {}", self_.id, st.to_string());
 }
 
 Status ClusterNode::commit_map(const partition::PartitionMap& next) {
@@ -583,7 +599,7 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
         std::lock_guard lock(map_mu_);
         for (auto& p : map_.partitions)
           if (p.owner != self_.id) not_mine.push_back(p.id);
-        for (auto id : frozen_) {
+        for (auto [id, by] : frozen_) {
           auto* p = map_.partition(id);
           if (p && p->owner == self_.id) thawed.push_back(id);
         }
@@ -604,7 +620,8 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
   if (method == "freeze") {
     {
       std::lock_guard lock(map_mu_);
-      frozen_.insert(static_cast<uint32_t>(*pid));
+      auto by = r.varint();  // the controller asking (0 from an older controller)
+      frozen_[static_cast<uint32_t>(*pid)] = by ? static_cast<uint32_t>(*by) : 0;
     }
     TANDEM_CRASH_POINT("move:frozen_before_flush");
     engine_->flush();  // every transition of the partition is committed from here on
@@ -689,7 +706,7 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
   // A stale copy at the target (an earlier move that died before its commit) must not mix in.
   if (auto d = call_node(to, "drop", ByteWriter().varint(pid).take()); !d)
     return Status::unavailable("move refused: node " + std::to_string(to) + " is unreachable: " + d.status().message());
-  if (auto f = call_node(from, "freeze", ByteWriter().varint(pid).take()); !f) return abort(f.status());
+  if (auto f = call_node(from, "freeze", ByteWriter().varint(pid).varint(self_.id).take()); !f) return abort(f.status());
   log::info("move of partition {}: exporting to node {}", pid, to);
   auto exported = call_node(from, "export", ByteWriter().varint(pid).varint(to).take());
   if (!exported) return abort(exported.status());

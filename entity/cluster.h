@@ -101,7 +101,10 @@ class ClusterNode {
   std::unique_ptr<Engine> engine_;
   int64_t started_ms_ = 0;
   std::atomic<int64_t> last_refresh_ms_{0};
-  std::set<uint32_t> frozen_;                 // under map_mu_: partitions being moved away
+  std::map<uint32_t, uint32_t> frozen_;      // under map_mu_: partitions being moved away -> the controller moving them
+  // The controller changed (etcd): partitions frozen by a controller that no longer holds the
+  // role are thawed if this node still owns them (that controller can no longer commit the move).
+  void thaw_orphans(uint32_t controller);
   std::unique_ptr<Executor> ctl_exec_;        // controller operations, one at a time
   std::atomic<bool> ctl_busy_{false};         // a move or split is running
   std::atomic<bool> stopping_{false};

@@ -21,6 +21,7 @@ constexpr const char* kUsage =
     "usage: tandemctl [--config FILE] [--json] [--node N] COMMAND [ARGS]\n"
     "  status              every node: partitions, outbox depth, epoch, counters\n"
     "  partitions          the partition map: type, range, owner\n"
+    "  controller          which node holds the controller role (moves, splits and the rest go there)\n"
     "  inspect TYPE KEY    an entity: state, activities, operations, pending outbox rows\n"
     "  parked              parked (poison) messages on every node\n"
     "  redrive ID          run a parked message again\n"
@@ -126,7 +127,7 @@ int main(int argc, char** argv) {
   auto& args = f->positional();
   if (args.empty()) return usage_error("missing command");
   const std::string& cmd = args[0];
-  static const std::map<std::string, size_t> kArity{{"status", 1}, {"partitions", 1}, {"inspect", 3}, {"parked", 1}, {"redrive", 2}, {"move", 3}, {"split", 2}, {"merge", 3}, {"rebalance", 1}, {"drain-node", 2}, {"add-node", 4}};
+  static const std::map<std::string, size_t> kArity{{"status", 1}, {"partitions", 1}, {"inspect", 3}, {"parked", 1}, {"redrive", 2}, {"move", 3}, {"split", 2}, {"merge", 3}, {"rebalance", 1}, {"drain-node", 2}, {"add-node", 4}, {"controller", 1}};
   auto ar = kArity.find(cmd);
   if (ar == kArity.end()) return usage_error("unknown command '" + cmd + "'");
   if (args.size() != ar->second && !(cmd == "split" && args.size() == 3))
@@ -289,6 +290,18 @@ int main(int argc, char** argv) {
     for (auto* a : {&args[2], &args[3]})
       if (auto e = tandem::net::Endpoint::parse(*a); !e) return usage_error(e.status().message());
     return to_controller(c, "add-node", tandem::ByteWriter().varint(id).bytes(args[2] + " " + args[3]).take(), json);
+  }
+
+  if (cmd == "controller") {
+    std::string why;
+    auto ctl = find_controller(c, why);
+    if (!ctl) {
+      std::fprintf(stderr, "tandemctl: no controller answered (%s)\n", why.c_str());
+      return 1;
+    }
+    if (json) std::printf("{\"controller\":%u}\n", *ctl);
+    else std::printf("node %u is the controller\n", *ctl);
+    return 0;
   }
 
   if (cmd == "rebalance" || cmd == "drain-node") {
