@@ -363,14 +363,14 @@ Result<bool> EtcdClient::create(const std::string& key, const std::string& value
 }
 
 Result<std::optional<int64_t>> EtcdClient::put_if(const std::string& key, const std::string& value, int64_t mod_revision,
-                                                  const std::string& guard_key, const std::string& guard_value) {
+                                                  const std::string& guard_key, int64_t guard_lease) {
   json cmp = json::array();
   if (mod_revision == 0)
     cmp.push_back({{"key", base64_encode(key)}, {"target", "CREATE"}, {"result", "EQUAL"}, {"create_revision", "0"}});
   else
     cmp.push_back({{"key", base64_encode(key)}, {"target", "MOD"}, {"result", "EQUAL"}, {"mod_revision", std::to_string(mod_revision)}});
   if (!guard_key.empty())
-    cmp.push_back({{"key", base64_encode(guard_key)}, {"target", "VALUE"}, {"result", "EQUAL"}, {"value", base64_encode(guard_value)}});
+    cmp.push_back({{"key", base64_encode(guard_key)}, {"target", "LEASE"}, {"result", "EQUAL"}, {"lease", std::to_string(guard_lease)}});
   json req = {{"compare", cmp}, {"success", json::array({put_op(key, value, 0)})}};
   auto j = parse_json(post("/v3/kv/txn", req.dump()), "txn");
   if (!j) return j.status();

@@ -138,6 +138,13 @@ void EtcdMeta::campaign() {
   auto won = client_.create(client_.key("controller"), std::to_string(id_), lease, &cur);
   if (!won) return;
   uint32_t c = *won ? id_ : (cur ? parse_id(cur->value) : 0);
+  if (!*won && c == id_ && cur && cur->lease != lease) {
+    // The key of an earlier run of this node (killed before it gave the role back): that
+    // process is gone, so its lease is revoked now rather than left to run out.
+    log::info("node {}: revoking lease {} of an earlier run of this node that held the controller role", id_, cur->lease);
+    client_.revoke(cur->lease).ignore_error("it runs out by itself");
+    return;  // campaign again at the next tick
+  }
   if (*won) log::info("node {}: elected controller (etcd lease {})", id_, lease);
   if (controller_.exchange(c) != c && hooks_.on_controller) hooks_.on_controller(c);
 }
@@ -199,7 +206,7 @@ Status EtcdMeta::commit(const partition::PartitionMap& next) {
   if (controller_.load() != id_ || !lease_valid())
     return Status::conflict("node " + std::to_string(id_) + " no longer holds the controller role; nothing changed");
   std::string enc = next.encode();
-  auto r = client_.put_if(client_.key("map"), enc, rev, client_.key("controller"), std::to_string(id_));
+  auto r = client_.put_if(client_.key("map"), enc, rev, client_.key("controller"), lease_.load());
   if (!r) {
     // The answer was lost: read back what etcd holds to learn whether the write happened.
     for (int attempt = 0; attempt < 10; ++attempt) {
@@ -217,8 +224,10 @@ Status EtcdMeta::commit(const partition::PartitionMap& next) {
   }
   if (!r->has_value()) {
     poll_map();
+    auto holder = client_.get(client_.key("controller"));
+    std::string who = holder && holder->has_value() ? "node " + (*holder)->value : "nobody";
     return Status::conflict("the partition map in etcd changed or node " + std::to_string(id_) +
-                            " lost the controller role meanwhile; nothing changed");
+                            " lost the controller role meanwhile (" + who + " holds it); nothing changed");
   }
   std::lock_guard lock(mu_);
   if (**r > newest_rev_) {

@@ -583,13 +583,18 @@ TEST_CASE("etcd metadata: moves and splits during the demo, with the elected con
       int ctl = controller_of(c);
       REQUIRE(c.launcher("kill " + std::to_string(ctl)).code == 0);
       ++kills;
-      // Another node takes the role once the dead one's lease runs out (3 s).
+      REQUIRE(c.launcher("restart " + std::to_string(ctl)).code == 0);
+      // The dead process's lease runs out (3 s) and a node is elected: any of the three, the
+      // restarted one included (it is a new process with a new lease).
       REQUIRE(tandem::testing::wait_until([&] {
-        auto r = sh(c.ctl + "--json controller");
-        return r.code == 0 && r.text.find("\"controller\":" + std::to_string(ctl)) == std::string::npos;
+        int elected = 0;
+        for (int n = 1; n <= 3; ++n) {
+          auto log = read_file(c.dir.sub("c") + "/node-" + std::to_string(n) + ".log");
+          for (auto p = log.find("elected controller"); p != std::string::npos; p = log.find("elected controller", p + 1)) ++elected;
+        }
+        return elected >= 1 + kills;
       }, std::chrono::seconds(20)));
       controllers.insert(controller_of(c));
-      REQUIRE(c.launcher("restart " + std::to_string(ctl)).code == 0);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100 + rnd() % 200));
     uint32_t pid = 1 + rnd() % max_pid;
@@ -610,7 +615,6 @@ TEST_CASE("etcd metadata: moves and splits during the demo, with the elected con
   MESSAGE("SUMMARY etcd storm moves=" << moves << " splits=" << splits << " refused=" << refused << " controller kills=" << kills
                                        << " controllers=" << controllers.size());
   CHECK(kills == 2);
-  CHECK(controllers.size() >= 2);
   CHECK(moves >= 20);
   CHECK(splits >= 5);
   auto r = run.get();

@@ -57,11 +57,13 @@ TEST_CASE("etcd client: put/get, create-if-absent, compare-and-swap, leases, wat
   auto stale = c.put_if(k, "x", *rev - 1);
   REQUIRE(stale.is_ok());
   CHECK_FALSE(stale->has_value());
-  CHECK(c.put(c.key("controller"), "1").is_ok());
-  auto wrong_guard = c.put_if(k, "x", *rev, c.key("controller"), "2");
+  auto held = c.grant(30);
+  REQUIRE(held.is_ok());
+  CHECK(c.put(c.key("controller"), "1", *held).is_ok());
+  auto wrong_guard = c.put_if(k, "x", *rev, c.key("controller"), *held + 1);
   REQUIRE(wrong_guard.is_ok());
   CHECK_FALSE(wrong_guard->has_value());
-  auto swapped = c.put_if(k, "x", *rev, c.key("controller"), "1");
+  auto swapped = c.put_if(k, "x", *rev, c.key("controller"), *held);
   REQUIRE(swapped.is_ok());
   REQUIRE(swapped->has_value());
   CHECK(c.get(k)->value().value == "x");

@@ -48,10 +48,10 @@ class EtcdClient {
   Result<bool> create(const std::string& key, const std::string& value, int64_t lease = 0,
                       std::optional<EtcdValue>* current = nullptr);
   // Puts `key` only if its mod revision is still `mod_revision` (0: it must not exist) and
-  // `guard_key` holds `guard_value` (skipped when guard_key is empty). Returns the revision of
-  // the write, or nullopt when a compare failed.
+  // `guard_key` is bound to lease `guard_lease` (skipped when guard_key is empty). Returns the
+  // revision of the write, or nullopt when a compare failed.
   Result<std::optional<int64_t>> put_if(const std::string& key, const std::string& value, int64_t mod_revision,
-                                        const std::string& guard_key = {}, const std::string& guard_value = {});
+                                        const std::string& guard_key = {}, int64_t guard_lease = 0);
   Status del(const std::string& key);
 
   // Leases: grant returns the id; keepalive returns the remaining TTL in seconds (0: the lease
