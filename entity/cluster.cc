@@ -1068,8 +1068,7 @@ std::string ClusterNode::status_text() {
   out << "node " << self_.id << "\n"
       << "address " << self_.addr.to_string() << "\n"
       << "epoch " << epoch << "\n"
-      << "controller " << controller_.load() << "\n"
-      << "meta " << config_.meta << "\n"
+
       << "partitions " << owned << "\n"
       << "partitions_total " << total << "\n"
       << "outbox_depth " << s.outbox_depth << "\n"
@@ -1079,7 +1078,9 @@ std::string ClusterNode::status_text() {
       << "duplicates " << s.duplicates << "\n"
       << "parked " << s.parked << "\n"
       << "commits " << s.commits << "\n"
-      << "uptime_s " << (env_.clock().wall_ms() - started_ms_) / 1000 << "\n";
+      << "uptime_s " << (env_.clock().wall_ms() - started_ms_) / 1000 << "\n"
+      << "controller " << controller_.load() << "\n"
+      << "meta " << config_.meta << "\n";
   return out.str();
 }
 

@@ -1,6 +1,10 @@
 // Tentative operations at the provider, driven envelope by envelope, and the escrow helper.
 #include <doctest/doctest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <future>
 #include <mutex>
 #include <set>
 #include <vector>
@@ -209,4 +213,36 @@ TEST_CASE_FIXTURE(EngineFixture, "escrow: when the deadline passes first every o
     for (auto& e : capture.snapshot()) cancel_sent |= e.kind == Kind::kCancel && e.to.type == "remote-stock";
     return cancel_sent;
   }));
+}
+
+TEST_CASE_FIXTURE(NodeFixture, "a group commit the fence refuses is not written, and the process stops (crash-only)") {
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // The child: an engine whose fence refuses any group that writes counter "theirs".
+    auto child_env = tandem::make_real_env();
+    Engine e(*child_env, registry, opts);
+    e.set_fence([](const std::vector<EntityRef>& touched) {
+      for (auto& r : touched)
+        if (r.key == "theirs") return tandem::Status::conflict("counter/theirs is owned by another node");
+      return tandem::Status::ok();
+    });
+    if (!e.start()) std::_Exit(2);
+    auto call = [&](const std::string& key) {
+      std::promise<bool> done;
+      e.call({"counter", key}, capnp::typeId<Add>(), tandem::entity::build<Add>([](Add::Builder b) { b.setN(1); }), "c",
+             key, [&](tandem::entity::ClientReply r) { done.set_value(r.status.is_ok()); });
+      return done.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    };
+    if (!call("mine")) std::_Exit(3);
+    call("theirs");  // the process stops inside this commit
+    std::_Exit(4);
+  }
+  int st = 0;
+  REQUIRE(waitpid(pid, &st, 0) == pid);
+  REQUIRE(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == tandem::entity::kFencedExitCode);
+  start();
+  CHECK(counter("mine") == 1);
+  CHECK(counter("theirs") == -1);  // nothing of the refused group reached the store
 }
