@@ -554,13 +554,17 @@ Status ClusterNode::adopt_map(partition::PartitionMap next) {
   }
   TANDEM_TRY(persist_map(next));
   std::vector<partition::KeyRange> lost_ranges = ranges_of(lost);
+  std::vector<partition::KeyRange> gained_ranges;
+  for (auto id : gained) gained_ranges.push_back(next.key_range(*next.partition(id)));
+  // Arrived partitions start (outbox rows, timers) before this node routes to them, so what
+  // is loaded is exactly what was committed: no transition of theirs has run here yet.
+  if (!gained_ranges.empty()) TANDEM_TRY(engine_->adopt(gained_ranges));
   {
     std::lock_guard lock(map_mu_);
+    if (next.epoch <= map_.epoch) return Status::ok();  // a newer map was adopted meanwhile
     map_ = std::move(next);
     for (auto id : lost) frozen_.erase(id);
   }
-  std::vector<partition::KeyRange> gained_ranges = ranges_of(gained);
-  if (!gained_ranges.empty()) TANDEM_TRY(engine_->adopt(gained_ranges));
   if (!lost_ranges.empty()) TANDEM_TRY(engine_->release(lost_ranges));
   return Status::ok();
 }

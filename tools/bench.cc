@@ -155,6 +155,7 @@ struct Opts {
   std::string durability;
   uint64_t orders = 10'000, items = 1'000, concurrency = 256;
   double load = 0.5;  // cluster bench: the open-loop rate as a fraction of the closed-loop maximum
+  std::string meta = "embedded";  // move bench: embedded or etcd (a local etcd)
 };
 
 void bench_transitions(tandem::Env& env, const std::string& durability, uint64_t entities, double seconds) {
@@ -422,7 +423,7 @@ struct LocalCluster {
   std::string dir, types, env, launcher;
   bool up = false;
   LocalCluster(const std::string& name, const std::string& self_bin, const std::string& type_lines,
-               const std::string& durability, int base_port) {
+               const std::string& durability, int base_port, const std::string& meta = "embedded") {
     dir = scratch(name);
     std::filesystem::create_directories(dir);
     types = dir + "-types";
@@ -430,7 +431,8 @@ struct LocalCluster {
     launcher = std::string(TANDEM_SOURCE_DIR) + "/tools/tandem-cluster";
     env = "TANDEM_CLUSTER_DIR=" + dir + " ";
     up = std::system((env + launcher + " up --nodes 3 --durability " + durability + " --base-port " +
-                      std::to_string(base_port) + " --types " + types + " --binary " + self_bin + " > /dev/null")
+                      std::to_string(base_port) + " --types " + types + " --binary " + self_bin + " --meta " + meta +
+                      " > /dev/null")
                          .c_str()) == 0;
     if (!up) std::fprintf(stderr, "tandem-bench: cannot start the cluster (see %s)\n", dir.c_str());
   }
@@ -518,6 +520,16 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
   return rc;
 }
 
+// The node holding the controller role (node 1 when no node answers).
+uint32_t controller_of(tandem::entity::Client& c) {
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    for (uint32_t id : c.node_ids())
+      if (auto r = c.request(id, "controller", "", 2000); r && *r != "0") return static_cast<uint32_t>(std::stoul(*r));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return 1;
+}
+
 // A partition of `entities` pingers (each with an activity: the client reply record), moved
 // from node 1 to node 2 while a client keeps calling its entities at a steady rate.
 int bench_move(const std::string& self_bin, uint64_t entities, const Opts& opts) {
@@ -526,8 +538,9 @@ int bench_move(const std::string& self_bin, uint64_t entities, const Opts& opts)
                   "type order hash slots=256 partitions=6\n"
                   "type item range splits=sku-2,sku-4,sku-6,sku-8\n"
                   "type runner hash partitions=3\n",
-                  "strict", 27500);
+                  "strict", 27500, opts.meta);
   if (!lc.up) return 1;
+  std::printf("metadata store: %s\n", opts.meta.c_str());
   tandem::entity::Client::Options co;
   co.config_path = lc.config();
   co.role = "admin";  // it moves partitions
@@ -570,7 +583,7 @@ int bench_move(const std::string& self_bin, uint64_t entities, const Opts& opts)
     });
     std::this_thread::sleep_for(std::chrono::seconds(2));
     double move_start = now_s();
-    auto r = c.request(1, "move", tandem::ByteWriter().varint(1).bytes("2").take(), 600'000);
+    auto r = c.request(controller_of(c), "move", tandem::ByteWriter().varint(1).bytes("2").take(), 600'000);
     double move_end = now_s();
     std::this_thread::sleep_for(std::chrono::seconds(2));
     stop = true;
@@ -609,7 +622,7 @@ int bench_move(const std::string& self_bin, uint64_t entities, const Opts& opts)
       while (!storm_stop) {
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
         uint32_t pid = 2 + rnd() % 11;  // the order and item partitions
-        auto m = c.request(1, "move", tandem::ByteWriter().varint(pid).bytes(std::to_string(1 + rnd() % 3)).take(), 60'000);
+        auto m = c.request(controller_of(c), "move", tandem::ByteWriter().varint(pid).bytes(std::to_string(1 + rnd() % 3)).take(), 60'000);
         if (m) ++storm_moves;
       }
     });
@@ -633,7 +646,9 @@ int bench_move(const std::string& self_bin, uint64_t entities, const Opts& opts)
 int main(int argc, char** argv) {
   const char* usage =
       "usage: tandem-bench transitions|memory|demo|all [--seconds S] [--durability strict|relaxed]\n"
-      "                    [--entities N] [--orders N] [--items N] [--concurrency N]\n";
+      "                    [--entities N] [--orders N] [--items N] [--concurrency N]\n"
+      "       tandem-bench cluster [--load F] [--durability strict|relaxed]\n"
+      "       tandem-bench move [--entities N] [--meta embedded|etcd]\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
     return 2;
@@ -647,7 +662,7 @@ int main(int argc, char** argv) {
     node.add<reservation::Item>();
     return node.run();
   }
-  auto f = tandem::Flags::parse(argc, argv, 2, {"seconds", "durability", "entities", "orders", "items", "concurrency", "load"}, {});
+  auto f = tandem::Flags::parse(argc, argv, 2, {"seconds", "durability", "entities", "orders", "items", "concurrency", "load", "meta"}, {});
   if (!f) {
     std::fprintf(stderr, "tandem-bench: %s\n%s", f.status().to_string().c_str(), usage);
     return 2;
@@ -661,6 +676,11 @@ int main(int argc, char** argv) {
   o.items = f->u64("items", o.items).value();
   o.concurrency = f->u64("concurrency", o.concurrency).value();
   o.load = f->f64("load", o.load).value();
+  o.meta = f->str("meta", "embedded");
+  if (o.meta != "embedded" && o.meta != "etcd") {
+    std::fprintf(stderr, "tandem-bench: --meta is embedded or etcd (a local etcd), not '%s'\n", o.meta.c_str());
+    return 2;
+  }
   if (o.load <= 0 || o.load > 1) {
     std::fprintf(stderr, "tandem-bench: --load is a fraction in (0, 1]\n");
     return 2;
