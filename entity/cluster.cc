@@ -171,6 +171,12 @@ Status ClusterNode::load_map() {
   // The store is opened briefly here, before the engine opens it, to read (or, at the
   // controller, create) the map that routing needs from the first delivery on.
   auto store = partition::Store::open({opts_.data_dir, partition::Durability::kStrict});
+  // A previous process of this node that was just killed may hold the store's lock for a few
+  // more milliseconds while its threads exit: wait for it (bounded) rather than fail.
+  for (int attempt = 0; attempt < 50 && !store && store.status().message().find("LOCK") != std::string::npos; ++attempt) {
+    env_.clock().sleep_us(100'000);
+    store = partition::Store::open({opts_.data_dir, partition::Durability::kStrict});
+  }
   if (!store) return store.status();
   auto cached = (*store)->get(partition::Cf::kMeta, kMapKey);
   if (!cached) return cached.status();
