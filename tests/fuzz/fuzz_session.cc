@@ -33,11 +33,13 @@ struct MemConnection final : net::Connection {
   }
   void send(std::string bytes) override { sent += bytes; }
   size_t queued_bytes() const override { return 0; }
-  void close() override {
+  void close() override {  // as the real connection: drop the callbacks (they hold the session)
     if (closed) return;
     closed = true;
+    finished = std::move(on_data);  // may be running now: destroyed by the harness afterwards
     if (auto c = std::move(on_close)) c(Status::unavailable("closed"));
   }
+  std::function<void(std::string_view)> finished;
   std::string peer() const override { return "fuzz"; }
 };
 
@@ -112,5 +114,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   if (!ready_phase && authenticated) __builtin_trap();  // random bytes must never authenticate
   conn->close();
+  conn->finished = nullptr;
   return 0;
 }
