@@ -156,6 +156,7 @@ Status Engine::recover() {
     ++rows;
     return true;
   }));
+  TANDEM_CRASH_POINT("recovery:outbox_resent");
   TANDEM_TRY(store_->scan(Cf::kTimer, "", "", [&](std::string_view k, std::string_view v) {
     auto t = TimerRow::decode(v);
     if (!t) {

@@ -111,6 +111,23 @@ void crash_and_recover(const std::string& point, const std::vector<int>& hits, c
   }
 }
 
+// Kills the demo at commit:after_write on its n-th hit, then kills the restart while it
+// recovers (after it re-sent its outbox rows), then lets a third run finish.
+void crash_during_recovery(const std::vector<int>& hits, const std::vector<std::string>& args) {
+  tandem::testing::TempDir dir("recovery");
+  std::string log = dir.sub("log");
+  for (int n : hits) {
+    CAPTURE(n);
+    auto data = with(args, {"--data", dir.sub("data-" + std::to_string(n))});
+    auto first = run_demo(with(data, {"--fresh"}), "commit:after_write:" + std::to_string(n), log);
+    REQUIRE_MESSAGE(first.exit_code == 137, "the first crash point was not reached");
+    auto second = run_demo(data, "recovery:outbox_resent", log);
+    INFO(second.output.substr(second.output.size() > 2000 ? second.output.size() - 2000 : 0));
+    REQUIRE_MESSAGE(second.exit_code == 137, "the recovery crash point was not reached");
+    check_ok(run_demo(data, "", log));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("the demo on one node ends with every order terminal and the invariant ok") {
@@ -138,23 +155,26 @@ TEST_CASE("the demo with lost deliveries keeps the invariant: the relay resends"
   check_ok(run_demo(with(kSmall, {"--data", dir.sub("data"), "--no-inline", "--drop", "0.2"}), "", dir.sub("log")));
 }
 
-// 20 crash moments over the five named crash points, each point 4 times. Small groups
+// 30 crash moments over the six named crash points, each point 5 times. Small groups
 // (--max-batch 64) give many commits per run, and spill messages into outbox rows.
 TEST_CASE("crash point commit:before_write, then restart: invariant holds") {
-  crash_and_recover("commit:before_write", {1, 3, 10, 30}, with(kSmall, {"--max-batch", "64"}));
+  crash_and_recover("commit:before_write", {1, 3, 10, 30, 60}, with(kSmall, {"--max-batch", "64"}));
 }
 TEST_CASE("crash point commit:after_write (committed, not acknowledged), then restart: invariant holds") {
-  crash_and_recover("commit:after_write", {1, 5, 20, 40}, with(kSmall, {"--max-batch", "64"}));
+  crash_and_recover("commit:after_write", {1, 5, 20, 40, 70}, with(kSmall, {"--max-batch", "64"}));
 }
 TEST_CASE("crash point commit:before_ack, then restart: invariant holds") {
-  crash_and_recover("commit:before_ack", {2, 8, 25, 50}, with(kSmall, {"--max-batch", "64"}));
+  crash_and_recover("commit:before_ack", {2, 8, 25, 50, 80}, with(kSmall, {"--max-batch", "64"}));
 }
 TEST_CASE("crash point relay:acked_before_delete (sent, not deleted), then restart: invariant holds") {
-  crash_and_recover("relay:acked_before_delete", {1, 50, 400, 1500}, with(kSmall, {"--no-inline"}));
+  crash_and_recover("relay:acked_before_delete", {1, 50, 400, 900, 1500}, with(kSmall, {"--no-inline"}));
+}
+TEST_CASE("crash point recovery:outbox_resent (a crash during recovery), then restart: invariant holds") {
+  crash_during_recovery({2, 10, 25, 40, 60}, with(kSmall, {"--max-batch", "64", "--no-inline"}));
 }
 TEST_CASE("crash point timer:fired_before_commit, then restart: invariant holds and timers drain") {
   // Delays past the 150 ms deadline make escrow deadlines fire while orders are in flight.
-  crash_and_recover("timer:fired_before_commit", {1, 3, 10, 25},
+  crash_and_recover("timer:fired_before_commit", {1, 3, 10, 18, 25},
                     with(kSmall, {"--no-inline", "--delay", "0.3", "--max-delay-us", "400000", "--deadline-ms", "150"}));
 }
 
