@@ -384,6 +384,12 @@ void ClusterNode::thaw_orphans(uint32_t controller) {
   if (auto st = engine_->rearm(ranges_of(thawed)); !st) log::error("node {}: rearm: {}", self_.id, st.to_string());
 }
 
+void ClusterNode::progress(std::string step) {
+  if (!step.empty()) log::info("{}", step);
+  std::lock_guard lock(progress_mu_);
+  progress_ = std::move(step);
+}
+
 Status ClusterNode::commit_map(const partition::PartitionMap& next) {
   if (meta_) return meta_->commit(next);
   return persist_map(next);
@@ -705,7 +711,9 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
   const auto* p = current.partition(pid);
   uint32_t from = p->owner;
   int64_t t0 = env_.clock().now_us();
-  log::info("move of partition {} ({}) from node {} to node {}: freezing", pid, p->type, from, to);
+  std::string what = "move of partition " + std::to_string(pid) + " (" + p->type + ") from node " + std::to_string(from) +
+                     " to node " + std::to_string(to);
+  progress(what + ": freezing at node " + std::to_string(from));
   auto abort = [&](const Status& why) -> Status {
     log::warn("move of partition {} aborted: {}", pid, why.to_string());
     call_node(from, "unfreeze", ByteWriter().varint(pid).take()).status().ignore_error("best effort; the node re-checks");
@@ -717,10 +725,11 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
   if (auto d = call_node(to, "drop", ByteWriter().varint(pid).take()); !d)
     return Status::unavailable("move refused: node " + std::to_string(to) + " is unreachable: " + d.status().message());
   if (auto f = call_node(from, "freeze", ByteWriter().varint(pid).varint(self_.id).take()); !f) return abort(f.status());
-  log::info("move of partition {}: exporting to node {}", pid, to);
+  progress(what + ": copying its rows to node " + std::to_string(to));
   auto exported = call_node(from, "export", ByteWriter().varint(pid).varint(to).take());
   if (!exported) return abort(exported.status());
   // The commit point: from here on `to` owns the partition.
+  progress(what + ": " + *exported + " rows copied; committing epoch " + std::to_string(next->epoch));
   TANDEM_CRASH_POINT("move:before_commit");
   if (auto c = commit_map(*next); !c) {
     // Not known to be written: leave the partition frozen at the source; the next controller's
@@ -729,6 +738,7 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
     return abort(c);
   }
   TANDEM_CRASH_POINT("move:committed");
+  progress(what + ": committed at epoch " + std::to_string(next->epoch) + "; starting it at node " + std::to_string(to));
   // Each node switches its own map in adopt_map (the controller too, last), so a node that
   // gains or loses the partition starts or stops it as it switches.
   std::string enc = next->encode();
@@ -889,6 +899,10 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
     std::lock_guard lock(map_mu_);
     return respond(Status::ok(), map_.encode());
   }
+  if (method == "progress") {
+    std::lock_guard lock(progress_mu_);
+    return respond(Status::ok(), progress_);
+  }
   if (method == "controller") {
     if (controller_.load() == 0) return respond(Status::unavailable("no controller elected yet"), {});
     return respond(Status::ok(), std::to_string(controller_.load()));
@@ -911,9 +925,12 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
       return respond(Status::conflict("another move or split is in progress; nothing changed"), {});
     ctl_exec_->post([this, method, body = std::move(body), respond = std::move(respond)] {
       struct Done {
-        std::atomic<bool>& busy;
-        ~Done() { busy = false; }
-      } done{ctl_busy_};
+        ClusterNode& node;
+        ~Done() {
+          node.progress("");
+          node.ctl_busy_ = false;
+        }
+      } done{*this};
       ByteReader r(body);
       auto pid = r.varint();
       auto arg = r.bytes();

@@ -107,6 +107,9 @@ class ClusterNode {
   void thaw_orphans(uint32_t controller);
   std::unique_ptr<Executor> ctl_exec_;        // controller operations, one at a time
   std::atomic<bool> ctl_busy_{false};         // a move or split is running
+  std::mutex progress_mu_;
+  std::string progress_;                      // under progress_mu_: the running operation's step
+  void progress(std::string step);
   std::atomic<bool> stopping_{false};
   std::unique_ptr<Executor> part_exec_;       // blocking partition requests from the controller
   std::atomic<uint32_t> controller_{0};

@@ -1,4 +1,5 @@
 // tandemctl: the admin CLI of a Tandem cluster.
+#include <future>
 #include <thread>
 #include <algorithm>
 #include <charconv>
@@ -104,7 +105,19 @@ int to_controller(tandem::entity::Client& c, const std::string& method, std::str
     std::fprintf(stderr, "tandemctl: no controller answered (%s); nothing changed\n", why.c_str());
     return 1;
   }
-  auto r = c.request(*controller, method, std::move(body), 600'000);
+  // Runs the command while showing the controller's progress (on stderr) as it changes.
+  auto pending = std::async(std::launch::async, [&c, ctl = *controller, method, body = std::move(body)]() mutable {
+    return c.request(ctl, method, std::move(body), 600'000);
+  });
+  std::string shown;
+  while (pending.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+    auto p = c.request(*controller, "progress", "", 2000);
+    if (p && !p->empty() && *p != shown) {
+      shown = *p;
+      std::fprintf(stderr, "  ... %s\n", shown.c_str());
+    }
+  }
+  auto r = pending.get();
   if (!r) {
     std::fprintf(stderr, "tandemctl: %s\n", r.status().message().c_str());
     return 1;
