@@ -272,6 +272,9 @@ Status ClusterNode::start() {
   if (opts_.data_dir.empty())
     opts_.data_dir = self_.data_dir.empty() || self_.data_dir[0] == '/' ? self_.data_dir : config_.dir + "/" + self_.data_dir;
   opts_.durability = config_.durability;
+  if (config_.max_pending_calls) opts_.max_pending_calls = config_.max_pending_calls;
+  if (config_.max_outbox) opts_.max_outbox = config_.max_outbox;
+  if (config_.max_inbox) opts_.max_inbox = config_.max_inbox;
   net_ = net::make_real_network();
   ctl_exec_ = env_.make_executor("tandem-ctl");
   part_exec_ = env_.make_executor("tandem-part");
@@ -1107,7 +1110,9 @@ std::string ClusterNode::status_text() {
       << "commits " << s.commits << "\n"
       << "uptime_s " << (env_.clock().wall_ms() - started_ms_) / 1000 << "\n"
       << "controller " << controller_.load() << "\n"
-      << "meta " << config_.meta << "\n";
+      << "meta " << config_.meta << "\n"
+      << "busy " << s.busy << "\n"
+      << "calls_pending " << s.inflight_calls << "\n";
   return out.str();
 }
 
@@ -1130,6 +1135,9 @@ std::string ClusterNode::metrics_text() {
   metric("tandem_relay_retries_total", "counter", "Outbox deliveries retried.", static_cast<double>(s.relay_retries));
   metric("tandem_ready_messages", "gauge", "Messages queued for processing.", static_cast<double>(s.ready));
   metric("tandem_timers_pending", "gauge", "Durable timers pending.", static_cast<double>(s.timers));
+  metric("tandem_calls_pending", "gauge", "Client calls waiting for a reply.", static_cast<double>(s.inflight_calls));
+  metric("tandem_busy_refusals_total", "counter", "Calls and deliveries refused at a backpressure cap.",
+         static_cast<double>(s.busy));
   return out.str();
 }
 

@@ -216,10 +216,15 @@ void Engine::deliver(Envelope env, messaging::AckFn ack) {
     schedule_step();
     return;
   }
+  if (c_.inbox + c_.ready >= opts_.max_inbox) {
+    c_.busy++;
+    return w.ack(Status::unavailable("busy: " + std::to_string(opts_.max_inbox) + " messages wait to run here"));
+  }
   bool wake;
   {
     std::lock_guard lock(inbox_mu_);
     inbox_.push_back(std::move(w));
+    c_.inbox = inbox_.size();
     wake = !inbox_wake_;
     inbox_wake_ = true;
   }
@@ -247,6 +252,13 @@ void Engine::call(const EntityRef& to, uint64_t payload_type, std::string payloa
     return refuse(Status::invalid_argument("client id must be 1.." + std::to_string(kMaxEntityKeyBytes) + " bytes"));
   if (payload.size() > messaging::kMaxPayloadBytes)
     return refuse(Status::invalid_argument("payload too large (" + std::to_string(payload.size()) + " bytes)"));
+  if (static_cast<size_t>(c_.inflight.load()) >= opts_.max_pending_calls || c_.outbox_depth >= opts_.max_outbox) {
+    c_.busy++;
+    return refuse(Status::overloaded(
+        "busy: " + std::to_string(c_.inflight.load()) + " calls wait for replies and " + std::to_string(c_.outbox_depth.load()) +
+        " outbox rows for acks here (caps " + std::to_string(opts_.max_pending_calls) + " and " +
+        std::to_string(opts_.max_outbox) + "); try again later"));
+  }
   {
     std::lock_guard lock(calls_mu_);
     auto key = call_key(to, client_id, idem);
@@ -302,8 +314,10 @@ void Engine::step() {
     std::lock_guard lock(inbox_mu_);
     for (auto& w : inbox_) ready_.push_back(std::move(w));
     inbox_.clear();
+    c_.inbox = 0;
     inbox_wake_ = false;
   }
+  c_.ready = ready_.size();
   fire_due_timers();
   // Build the open group up to max_batch transitions; while a commit is in flight the group
   // keeps filling, so the next commit carries everything that arrived meanwhile.
@@ -692,6 +706,7 @@ NodeStats Engine::stats() const {
   s.outbox_depth = c_.outbox_depth;
   s.relay_retries = c_.relay_retries;
   s.ready = c_.ready;
+  s.busy = c_.busy;
   s.timers = c_.timers;
   s.inflight_calls = static_cast<uint64_t>(std::max(0, c_.inflight.load()));
   s.commit_ms_avg = s.commits ? static_cast<double>(c_.commit_us) / 1000.0 / static_cast<double>(s.commits) : 0;

@@ -399,6 +399,18 @@ Result<ClusterConfig> ClusterConfig::parse(std::string_view text, const std::str
     } else if (w[0] == "durability" && w.size() == 2) {
       if (w[1] != "strict" && w[1] != "relaxed") return err("durability must be strict or relaxed");
       c.durability = w[1];
+    } else if (w[0] == "limits" && w.size() >= 2) {
+      for (size_t i = 1; i < w.size(); ++i) {
+        auto eq = w[i].find('=');
+        uint64_t v = 0;
+        std::string k = eq == std::string::npos ? w[i] : w[i].substr(0, eq);
+        if (eq == std::string::npos || !number(w[i].substr(eq + 1), v) || v == 0)
+          return err("expected: limits [calls=N] [outbox=N] [inbox=N] with N > 0");
+        if (k == "calls") c.max_pending_calls = v;
+        else if (k == "outbox") c.max_outbox = v;
+        else if (k == "inbox") c.max_inbox = v;
+        else return err("unknown limit '" + k + "' (calls, outbox or inbox)");
+      }
     } else if (w[0] == "meta" && w.size() == 2) {
       if (w[1] != "embedded")
         if (auto a = EtcdAddress::parse(w[1]); !a) return err(a.status().message());

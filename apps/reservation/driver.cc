@@ -46,7 +46,8 @@ struct Tracker {
   uint64_t outstanding = 0;
   std::map<uint64_t, int64_t> started;  // order -> first send (us)
   std::vector<double> latencies_ms;
-  uint64_t confirmed = 0, cancelled = 0, broken = 0, refused = 0;
+  uint64_t confirmed = 0, cancelled = 0, broken = 0, refused = 0, busy = 0;
+  std::map<uint64_t, int64_t> busy_at;  // order -> when a node answered busy (placed again later)
   std::string first_error;
 };
 
@@ -99,6 +100,11 @@ DemoResult run_demo(Gateway& node, tandem::Clock& clock, const DemoOptions& o) {
           std::lock_guard lock(t.mu);
           auto it = t.started.find(i);
           if (it == t.started.end()) return;  // a retry's second answer
+          if (r.status.code() == tandem::Code::kOverloaded) {  // busy: back off, then place it again
+            ++t.busy;
+            t.busy_at[i] = clock.now_us();
+            return;
+          }
           t.latencies_ms.push_back(static_cast<double>(clock.now_us() - it->second) / 1000.0);
           t.started.erase(it);
           --t.outstanding;
@@ -136,8 +142,11 @@ DemoResult run_demo(Gateway& node, tandem::Clock& clock, const DemoOptions& o) {
     for (auto& [i, s] : t.started)
       if (now - s > o.reply_timeout_ms * 1000 * static_cast<int64_t>(1 + retries / std::max<uint64_t>(1, o.concurrency)))
         late.push_back(i);
+    for (auto& [i, at] : t.busy_at)
+      if (now - at > 100'000 && std::find(late.begin(), late.end(), i) == late.end()) late.push_back(i);
     for (auto i : late) {
       ++retries;
+      t.busy_at.erase(i);
       lock.unlock();
       place(i);
       lock.lock();
@@ -153,6 +162,7 @@ DemoResult run_demo(Gateway& node, tandem::Clock& clock, const DemoOptions& o) {
   }
   int64_t end_us = clock.now_us();
   res.retries = retries;
+  res.busy = t.busy;
   res.seconds = static_cast<double>(end_us - start_us) / 1e6;
   res.orders_per_s = res.seconds > 0 ? static_cast<double>(o.orders) / res.seconds : 0;
   auto& l = t.latencies_ms;

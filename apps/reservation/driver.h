@@ -26,6 +26,7 @@ struct DemoOptions {
 
 struct DemoResult {
   uint64_t orders = 0, confirmed = 0, cancelled = 0, broken = 0, retries = 0;
+  uint64_t busy = 0;  // orders a node answered busy (backpressure); each placed again after 100 ms
   double seconds = 0, orders_per_s = 0, p50_ms = 0, p99_ms = 0;
   std::string invariant;  // "ok" or "FAILED:<what>"
 };

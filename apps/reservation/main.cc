@@ -121,11 +121,12 @@ int main(int argc, char** argv) {
     auto ms = (*client)->map_summary();
     std::printf(
         "RESULT demo nodes=%zu orders=%llu confirmed=%llu cancelled=%llu orders_per_s=%.1f p50_ms=%.2f p99_ms=%.2f "
-        "durability=%s invariant=%s retries=%llu moves=%llu splits=%llu epoch=%llu\n",
+        "durability=%s invariant=%s retries=%llu moves=%llu splits=%llu epoch=%llu busy=%llu\n",
         (*client)->nodes(), static_cast<unsigned long long>(r.orders), static_cast<unsigned long long>(r.confirmed),
         static_cast<unsigned long long>(r.cancelled), r.orders_per_s, r.p50_ms, r.p99_ms, (*client)->durability().c_str(),
         r.invariant.c_str(), static_cast<unsigned long long>(r.retries), static_cast<unsigned long long>(ms.moves),
-        static_cast<unsigned long long>(ms.splits), static_cast<unsigned long long>(ms.epoch));
+        static_cast<unsigned long long>(ms.splits), static_cast<unsigned long long>(ms.epoch),
+        static_cast<unsigned long long>(r.busy));
     return r.invariant == "ok" ? 0 : 1;
   }
   if (f.has("fresh")) std::filesystem::remove_all(n.data_dir);

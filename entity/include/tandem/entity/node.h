@@ -34,6 +34,13 @@ struct NodeOptions {
   int64_t relay_ack_timeout_ms = 2'000;
   int64_t relay_backoff_min_ms = 5;
   int64_t relay_backoff_max_ms = 2'000;
+  // Backpressure. A new client call is answered `overloaded` (busy) while this many calls wait
+  // for replies or this many outbox rows wait for acks (a slow or stopped receiver); a delivery
+  // from another node is refused (`unavailable`, its relay retries with backoff) while this
+  // many messages wait to run.
+  size_t max_pending_calls = 100'000;
+  size_t max_outbox = 200'000;
+  size_t max_inbox = 100'000;
   // Fault injection on the delivery path (tests): every outbox delivery may be duplicated,
   // dropped, delayed (and so reordered).
   struct Faults {
@@ -55,6 +62,7 @@ struct NodeStats {
   uint64_t ready = 0;          // messages queued for processing
   uint64_t timers = 0;         // durable timers pending
   uint64_t inflight_calls = 0; // client calls waiting for a reply
+  uint64_t busy = 0;           // calls and deliveries refused at a cap since start
   double commit_ms_avg = 0;
   uint64_t transitions_per_commit_max = 0;
 };

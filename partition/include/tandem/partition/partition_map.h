@@ -85,6 +85,8 @@ struct ClusterConfig {
   std::string secret_file;
   std::string durability = "strict";
   std::string meta = "embedded";  // the metadata store: embedded, or etcd://HOST:PORT[/PREFIX]
+  // Backpressure caps (`limits calls=N outbox=N inbox=N`); 0 keeps the node's default.
+  uint64_t max_pending_calls = 0, max_outbox = 0, max_inbox = 0;
   std::vector<NodeInfo> nodes;
   std::vector<TypeSpec> types;
 
