@@ -719,7 +719,7 @@ TEST_CASE("etcd metadata: a source paused (SIGSTOP) past its lease while its par
   CHECK(sh(c.ctl + "parked").text.find("no parked messages") != std::string::npos);
 }
 
-TEST_CASE("backpressure: a stopped node makes the others' outboxes stop at their caps and clients get busy; all drains after") {
+TEST_CASE("backpressure: a stopped node makes the others' outboxes stop at their caps and clients get busy, all drains after") {
   tandem::testing::TempDir extra("limits");
   {
     std::ofstream t(extra.sub("types"));

@@ -22,7 +22,7 @@ TEST_CASE("base64 round-trips every length and rejects malformed input") {
   CHECK_FALSE(base64_decode("a*==").has_value());
 }
 
-TEST_CASE("etcd addresses: host, port and key prefix; mistakes are named") {
+TEST_CASE("etcd addresses: host, port and key prefix, mistakes are named") {
   auto a = EtcdAddress::parse("etcd://127.0.0.1:2379/x/y/");
   REQUIRE(a.is_ok());
   CHECK(a->endpoint.port == 2379);

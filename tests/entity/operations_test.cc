@@ -110,7 +110,7 @@ TEST_CASE_FIXTURE(EngineFixture, "provider: try is accepted, a confirm after a c
   CHECK(stock_left() == 10);
 }
 
-TEST_CASE_FIXTURE(EngineFixture, "provider: a cancel after a confirm answers already-confirmed; on_confirm runs once") {
+TEST_CASE_FIXTURE(EngineFixture, "provider: a cancel after a confirm answers already-confirmed, on_confirm runs once") {
   start_engine();
   send(Kind::kTry, 5, 5, far());
   CHECK(await_answer(5) == OpStatus::kAccepted);
@@ -155,7 +155,7 @@ TEST_CASE_FIXTURE(EngineFixture, "provider: a try that arrives after its deadlin
   CHECK(stock_left() == 10);
 }
 
-TEST_CASE_FIXTURE(NodeFixture, "escrow: all accepted -> all confirmed; one rejected -> accepted ones cancelled") {
+TEST_CASE_FIXTURE(NodeFixture, "escrow: all accepted -> all confirmed, one rejected -> accepted ones cancelled") {
   start();
   for (auto s : {"s1", "s2", "s3"})
     REQUIRE(call<Add>({"stock", s}, std::string("setup-") + s, [](Add::Builder b) { b.setN(5); }).status.is_ok());

@@ -180,7 +180,7 @@ TEST_CASE_FIXTURE(NodeFixture, "bad options are refused at start") {
   CHECK(s.message().find("unknown durability") != std::string::npos);
 }
 
-TEST_CASE_FIXTURE(NodeFixture, "backpressure: at the outbox cap new calls get an explicit busy answer; after recovery they go through") {
+TEST_CASE_FIXTURE(NodeFixture, "backpressure: at the outbox cap new calls get an explicit busy answer, after recovery they go through") {
   opts.inline_local = false;
   opts.faults.drop = 1.0;  // no delivery arrives: every forwarded message stays in the outbox
   opts.max_outbox = 10;
