@@ -262,45 +262,57 @@ uint64_t epoch_of(Cluster& c) {
   REQUIRE(pos != std::string::npos);
   return std::stoull(p.text.substr(pos + 8));
 }
-}  // namespace
 
-TEST_CASE("moves and splits during the demo keep the invariant (>= 20 moves, >= 5 splits)") {
-  Cluster c;
+struct StormCounts {
+  int moves = 0, splits = 0, refused = 0;
+};
+
+// A move or split every 100-300 ms while the demo runs (until >= 22 moves and >= 6 splits),
+// with `between(counts)` before each command; then the demo's invariant, once more after the
+// last change, empty outboxes, nothing parked, and one epoch per change.
+StormCounts move_split_storm(Cluster& c, const std::function<void(const StormCounts&)>& between) {
   std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf +
                       " --orders 15000 --items 300 --concurrency 64";
   auto run = std::async(std::launch::async, [&] { return sh(drive); });
   std::mt19937 rnd(std::random_device{}());
-  int moves = 0, splits = 0, refused = 0;
+  StormCounts n;
   uint32_t max_pid = 11;  // 6 order + 5 item partitions at start; each split adds one
-  for (int i = 0; i < 120 && (moves < 22 || splits < 6); ++i) {
+  for (int i = 0; i < 160 && (n.moves < 22 || n.splits < 6); ++i) {
+    between(n);
     std::this_thread::sleep_for(std::chrono::milliseconds(100 + rnd() % 200));
     uint32_t pid = 1 + rnd() % max_pid;
-    bool split = splits < 6 && rnd() % 4 == 0;
+    bool split = n.splits < 6 && rnd() % 4 == 0;
     auto r = sh(c.ctl + (split ? "split " + std::to_string(pid) : "move " + std::to_string(pid) + " " + std::to_string(1 + rnd() % 3)));
     if (r.code == 0 && split) {
-      ++splits;
+      ++n.splits;
       ++max_pid;
     } else if (r.code == 0) {
-      ++moves;
+      ++n.moves;
     } else {
-      ++refused;  // already on that node, or too small to split: a clear refusal, nothing changed
+      ++n.refused;  // already on that node, or too small to split: a clear refusal, nothing changed
+      INFO(r.text);
       CHECK((r.text.find("already on node") != std::string::npos || r.text.find("fewer than 2") != std::string::npos ||
              r.text.find("not inside") != std::string::npos));
     }
   }
-  MESSAGE("SUMMARY storm moves=" << moves << " splits=" << splits << " refused=" << refused);
-  CHECK(moves >= 20);
-  CHECK(splits >= 5);
-  auto r = run.get();
-  check_demo_ok(r);
-  // Read everything back once more after the last move: the same orders, retried with their
+  CHECK(n.moves >= 20);
+  CHECK(n.splits >= 5);
+  check_demo_ok(run.get());
+  // Read everything back once more after the last change: the same orders, retried with their
   // idempotency keys, must find every order decided and the invariant intact.
-  auto again = sh(drive);
-  check_demo_ok(again);
+  check_demo_ok(sh(drive));
   auto st = sh(c.ctl + "--json status");
   CHECK(st.text.find("\"outbox_depth\":1") == std::string::npos);
   CHECK(sh(c.ctl + "parked").text.find("no parked messages") != std::string::npos);
-  CHECK(epoch_of(c) == static_cast<uint64_t>(1 + moves + splits));
+  CHECK(epoch_of(c) == static_cast<uint64_t>(1 + n.moves + n.splits));
+  return n;
+}
+}  // namespace
+
+TEST_CASE("moves and splits during the demo keep the invariant (>= 20 moves, >= 5 splits)") {
+  Cluster c;
+  auto n = move_split_storm(c, [](const StormCounts&) {});
+  MESSAGE("SUMMARY storm moves=" << n.moves << " splits=" << n.splits << " refused=" << n.refused);
 }
 
 TEST_CASE("conflicting or malformed move and split commands are refused and leave the map unchanged") {
@@ -571,60 +583,29 @@ bool log_has(Cluster& c, int node, const std::string& what) {
 TEST_CASE("etcd metadata: moves and splits during the demo, with the elected controller killed twice (>= 20 moves, >= 5 splits)") {
   Cluster c(3, "etcd");
   CHECK(read_file(c.conf).find("meta etcd://127.0.0.1:") != std::string::npos);
-  std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf +
-                      " --orders 15000 --items 300 --concurrency 64";
-  auto run = std::async(std::launch::async, [&] { return sh(drive); });
-  std::mt19937 rnd(std::random_device{}());
-  int moves = 0, splits = 0, refused = 0, kills = 0;
+  int kills = 0;
   std::set<int> controllers{controller_of(c)};
-  uint32_t max_pid = 11;
-  for (int i = 0; i < 160 && (moves < 22 || splits < 6 || kills < 2); ++i) {
-    if ((moves == 7 && kills == 0) || (moves == 15 && kills == 1)) {
-      int ctl = controller_of(c);
-      REQUIRE(c.launcher("kill " + std::to_string(ctl)).code == 0);
-      ++kills;
-      REQUIRE(c.launcher("restart " + std::to_string(ctl)).code == 0);
-      // The dead process's lease runs out (3 s) and a node is elected: any of the three, the
-      // restarted one included (it is a new process with a new lease).
-      REQUIRE(tandem::testing::wait_until([&] {
-        int elected = 0;
-        for (int n = 1; n <= 3; ++n) {
-          auto log = read_file(c.dir.sub("c") + "/node-" + std::to_string(n) + ".log");
-          for (auto p = log.find("elected controller"); p != std::string::npos; p = log.find("elected controller", p + 1)) ++elected;
-        }
-        return elected >= 1 + kills;
-      }, std::chrono::seconds(20)));
-      controllers.insert(controller_of(c));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100 + rnd() % 200));
-    uint32_t pid = 1 + rnd() % max_pid;
-    bool split = splits < 6 && rnd() % 4 == 0;
-    auto r = sh(c.ctl + (split ? "split " + std::to_string(pid) : "move " + std::to_string(pid) + " " + std::to_string(1 + rnd() % 3)));
-    if (r.code == 0 && split) {
-      ++splits;
-      ++max_pid;
-    } else if (r.code == 0) {
-      ++moves;
-    } else {
-      ++refused;
-      INFO(r.text);
-      CHECK((r.text.find("already on node") != std::string::npos || r.text.find("fewer than 2") != std::string::npos ||
-             r.text.find("not inside") != std::string::npos));
-    }
-  }
-  MESSAGE("SUMMARY etcd storm moves=" << moves << " splits=" << splits << " refused=" << refused << " controller kills=" << kills
-                                       << " controllers=" << controllers.size());
+  auto n = move_split_storm(c, [&](const StormCounts& n) {
+    if (!((n.moves == 7 && kills == 0) || (n.moves == 15 && kills == 1))) return;
+    int ctl = controller_of(c);
+    REQUIRE(c.launcher("kill " + std::to_string(ctl)).code == 0);
+    ++kills;
+    REQUIRE(c.launcher("restart " + std::to_string(ctl)).code == 0);
+    // The dead process's lease runs out (3 s) and a node is elected: any of the three, the
+    // restarted one included (it is a new process with a new lease).
+    REQUIRE(tandem::testing::wait_until([&] {
+      int elected = 0;
+      for (int node = 1; node <= 3; ++node) {
+        auto log = read_file(c.dir.sub("c") + "/node-" + std::to_string(node) + ".log");
+        for (auto p = log.find("elected controller"); p != std::string::npos; p = log.find("elected controller", p + 1)) ++elected;
+      }
+      return elected >= 1 + kills;
+    }, std::chrono::seconds(20)));
+    controllers.insert(controller_of(c));
+  });
+  MESSAGE("SUMMARY etcd storm moves=" << n.moves << " splits=" << n.splits << " refused=" << n.refused
+                                       << " controller kills=" << kills << " controllers=" << controllers.size());
   CHECK(kills == 2);
-  CHECK(moves >= 20);
-  CHECK(splits >= 5);
-  auto r = run.get();
-  check_demo_ok(r);
-  auto again = sh(drive);
-  check_demo_ok(again);
-  auto st = sh(c.ctl + "--json status");
-  CHECK(st.text.find("\"outbox_depth\":1") == std::string::npos);
-  CHECK(sh(c.ctl + "parked").text.find("no parked messages") != std::string::npos);
-  CHECK(epoch_of(c) == static_cast<uint64_t>(1 + moves + splits));
 }
 
 TEST_CASE("etcd metadata: a controller paused (SIGSTOP) past its lease in the middle of a move cannot commit it after SIGCONT") {
