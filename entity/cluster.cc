@@ -401,9 +401,12 @@ Status ClusterNode::commit_map(const partition::PartitionMap& next) {
 Status ClusterNode::fence(const std::vector<EntityRef>& touched) {
   std::shared_ptr<const partition::PartitionMap> newest;
   if (meta_) {
-    if (!meta_->lease_valid()) {
-      log::warn("node {}: no valid etcd lease: holding this commit until the lease is renewed", self_.id);
-      if (!meta_->wait_lease(30'000)) return Status::unavailable("the etcd lease was not renewed within 30 s");
+    // Without a live lease nothing is written: the commit waits (the node stalls, and its
+    // callers see timeouts and busy answers) until the lease is renewed and the map re-read.
+    for (int waited_s = 0; !meta_->lease_valid(); waited_s += 30) {
+      log::warn("node {}: no valid etcd lease for {} s: holding this commit until it is renewed", self_.id, waited_s);
+      if (meta_->wait_lease(30'000)) break;
+      if (stopping_) return Status::unavailable("stopping without a valid etcd lease");
     }
     newest = meta_->newest();
   }
@@ -443,6 +446,7 @@ void ClusterNode::stop() {
   ctl_exec_.reset();
   part_exec_.reset();
   if (engine_) engine_->stop();
+  if (meta_) meta_->release();
 }
 
 void ClusterNode::refresh_map_async() {

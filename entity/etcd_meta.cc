@@ -19,7 +19,7 @@ uint32_t parse_id(const std::string& s) {
 EtcdMeta::EtcdMeta(Env& env, EtcdAddress addr, uint32_t node_id)
     : env_(env), client_(std::move(addr), 2000), id_(node_id) {}
 
-EtcdMeta::~EtcdMeta() { stop(); }
+EtcdMeta::~EtcdMeta() { release(); }
 
 Result<partition::PartitionMap> EtcdMeta::load_or_create(const partition::PartitionMap& initial, int wait_ms) {
   int64_t deadline = env_.clock().now_us() + int64_t{wait_ms} * 1000;
@@ -74,6 +74,11 @@ void EtcdMeta::stop() {
   if (stop_.exchange(true)) return;
   keeper_.reset();
   watcher_.reset();
+}
+
+void EtcdMeta::release() {
+  stop();
+  valid_until_us_ = 0;
   // Let the controller role pass on at once rather than when the lease runs out.
   if (int64_t l = lease_.exchange(0)) client_.revoke(l).ignore_error("the lease runs out by itself");
 }

@@ -40,7 +40,11 @@ class EtcdMeta {
   // Takes the lease, registers, campaigns once (so controller() is known on return), then keeps
   // all of it up in the background and watches the map.
   Status start(Hooks hooks);
+  // Stops renewing, campaigning and watching (no hook runs after this returns); the lease stays
+  // valid until its TTL runs out, so the node can finish its last commits.
   void stop();
+  // Gives the lease back (the controller role passes at once). Call after the last commit.
+  void release();
 
   // Writes `next` (epoch = newest().epoch + 1) if the map in etcd is still the newest this node
   // has seen and this node still holds the controller key.
