@@ -3,6 +3,8 @@
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
+
+#include "power_cut_impl.h"
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
@@ -138,6 +140,7 @@ Result<std::unique_ptr<Store>> Store::open(const StoreOptions& opts) {
   o.create_missing_column_families = true;
   o.max_background_jobs = 2;
   o.bytes_per_sync = 1 << 20;
+  if (opts.power_cut) o.env = opts.power_cut->impl().env.get();
   rocksdb::ColumnFamilyOptions cfo;
   cfo.write_buffer_size = 32 << 20;
   rocksdb::BlockBasedTableOptions t;

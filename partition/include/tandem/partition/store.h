@@ -28,9 +28,12 @@ enum class Durability : uint8_t {
 std::string_view durability_name(Durability d);
 Result<Durability> parse_durability(std::string_view s);
 
+class PowerCut;
+
 struct StoreOptions {
   std::string path;
   Durability durability = Durability::kStrict;
+  PowerCut* power_cut = nullptr;  // tests: write through a PowerCut's file system (borrowed)
 };
 
 // A set of writes applied atomically by Store::write. Not thread-safe.
