@@ -785,8 +785,11 @@ Result<std::string> ClusterNode::split(uint32_t pid, const std::string& at_arg) 
   }
   auto next = current.with_split(pid, at);
   if (!next) return next.status();
+  TANDEM_CRASH_POINT("split:before_commit");
   TANDEM_TRY(commit_map(*next));
+  TANDEM_CRASH_POINT("split:committed");
   TANDEM_TRY(adopt_map(*next));
+  TANDEM_CRASH_POINT("split:adopted");
   announce(*next, {});
   auto& half = next->partitions.back();
   std::string out = "split partition " + std::to_string(pid) + " (" + p->type + ") at " +
