@@ -2,6 +2,10 @@
 // under kill -9, the launcher's commands, bad input at a node's port, and tandemctl.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
 #include <future>
@@ -59,9 +63,13 @@ struct Cluster {
     conf = dir.sub("c") + "/cluster.conf";
     ctl = std::string(TANDEMCTL_BIN) + " --config " + conf + " ";
     Out up;
-    // Tests run in parallel: a port block another test holds makes a node exit; try another.
+    // Tests run in parallel: each takes a block of 200 ports below the ephemeral range (32768+)
+    // and holds a lock on it (flock: released when this process ends, however it ends), so two
+    // tests never share a block; a block some other program uses makes `up` fail: try another.
     for (int attempt = 0; attempt < 5; ++attempt) {
-      base = 10000 + static_cast<int>(rd() % 110) * 200;  // below the ephemeral range (32768+)
+      do {
+        base = 10000 + static_cast<int>(rd() % 110) * 200;
+      } while (!lock_block(base));
       up = launcher("up --nodes " + std::to_string(nodes) + " --durability relaxed --binary " +
                     TANDEM_RESERVATION_BIN + " --base-port " + std::to_string(base) + " --meta " + meta + " " + extra);
       if (up.code == 0) break;
@@ -70,7 +78,19 @@ struct Cluster {
     INFO(up.text);
     REQUIRE(up.code == 0);
   }
-  ~Cluster() { launcher("down"); }
+  ~Cluster() {
+    launcher("down");
+    if (lock_fd >= 0) ::close(lock_fd);
+  }
+  int lock_fd = -1;
+  bool lock_block(int b) {
+    if (lock_fd >= 0) ::close(lock_fd);
+    lock_fd = ::open(("/tmp/tandem-test-ports-" + std::to_string(b) + ".lock").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+    if (lock_fd >= 0 && ::flock(lock_fd, LOCK_EX | LOCK_NB) == 0) return true;
+    if (lock_fd >= 0) ::close(lock_fd);
+    lock_fd = -1;
+    return false;
+  }
   Out launcher(const std::string& args) { return sh(env + TANDEM_CLUSTER_SCRIPT + " " + args); }
   int port(int node) const { return base + node; }
   std::string secret() { return read_file(dir.sub("c") + "/secret"); }
