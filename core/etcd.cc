@@ -378,10 +378,6 @@ Result<std::optional<int64_t>> EtcdClient::put_if(const std::string& key, const 
   return std::optional<int64_t>(int_field((*j)["header"], "revision"));
 }
 
-Status EtcdClient::del(const std::string& key) {
-  return parse_json(post("/v3/kv/deleterange", json{{"key", base64_encode(key)}}.dump()), "deleterange").status();
-}
-
 Result<int64_t> EtcdClient::grant(int ttl_s) {
   auto j = parse_json(post("/v3/lease/grant", json{{"TTL", std::to_string(ttl_s)}}.dump()), "lease grant");
   if (!j) return j.status();

@@ -1,6 +1,8 @@
 #include <tandem/entity/client.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <future>
 #include <map>
 #include <mutex>
@@ -44,13 +46,9 @@ struct Client::Impl {
     net->stop();
   }
 
-  // A node's address: from the map (nodes added at run time), else from the config.
   std::optional<net::Endpoint> node_addr(uint32_t id) const {
-    {
-      std::lock_guard lock(mu);
-      if (auto* n = map.node(id)) return n->addr;
-    }
-    if (auto* n = config.node(id)) return n->addr;
+    std::lock_guard lock(mu);
+    if (auto* n = partition::find_node(map, config, id)) return n->addr;
     return std::nullopt;
   }
 
@@ -314,6 +312,29 @@ void Client::refresh() { impl_->refresh_map(); }
 Client::MapSummary Client::map_summary() const {
   std::lock_guard lock(impl_->mu);
   return MapSummary{impl_->map.epoch, impl_->map.moves, impl_->map.splits, impl_->map.partitions.size()};
+}
+
+Result<uint32_t> Client::controller() {
+  auto ids = node_ids();
+  std::sort(ids.begin(), ids.end());
+  Status why = Status::unavailable("no node listed");
+  for (int attempt = 0; attempt < 40; ++attempt) {
+    for (auto id : ids) {
+      auto r = request(id, "controller", "", 2000);
+      if (!r) {
+        why = r.status();
+        continue;
+      }
+      uint32_t ctl = static_cast<uint32_t>(std::strtoul(r->c_str(), nullptr, 10));
+      auto confirm = ctl == id ? r : request(ctl, "controller", "", 2000);
+      if (confirm && *confirm == std::to_string(ctl)) return ctl;
+      why = confirm ? Status::unavailable("node " + std::to_string(ctl) + " does not hold the controller role")
+                    : confirm.status();
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  return why;
 }
 
 std::vector<uint32_t> Client::node_ids() const {

@@ -328,13 +328,7 @@ Status ClusterNode::start() {
     };
     TANDEM_TRY(meta_->start(std::move(hooks)));
   } else if (self_.id == controller_) {
-    std::vector<uint32_t> not_mine;
-    {
-      std::lock_guard lock(map_mu_);
-      for (auto& p : map_.partitions)
-        if (p.owner != self_.id) not_mine.push_back(p.id);
-    }
-    TANDEM_TRY(engine_->release(ranges_of(not_mine)));
+    TANDEM_TRY(engine_->release(ranges_of(not_mine())));
     ctl_exec_->post([this] { take_control(); });
   }
   log::info("node {} serving on {} (metrics on http://{}/metrics), data {}, durability {}, metadata {}", self_.id,
@@ -368,10 +362,10 @@ void ClusterNode::take_control() {
 
 void ClusterNode::thaw_orphans(uint32_t controller) {
   std::vector<uint32_t> thawed;
-  auto newest = meta_ ? meta_->newest() : nullptr;  // a commit this node has not adopted yet counts
+  auto newest = meta_ ? meta_->newest() : nullptr;
   {
     std::lock_guard lock(map_mu_);
-    const partition::PartitionMap& m = newest && newest->epoch > map_.epoch ? *newest : map_;
+    const partition::PartitionMap& m = newest_locked(newest);
     for (auto it = frozen_.begin(); it != frozen_.end();) {
       auto* p = m.partition(it->first);
       if (it->second != controller && p && p->owner == self_.id) {
@@ -385,6 +379,18 @@ void ClusterNode::thaw_orphans(uint32_t controller) {
   if (thawed.empty()) return;
   log::warn("node {}: thawing {} partition(s) frozen by a controller that lost the role", self_.id, thawed.size());
   if (auto st = engine_->rearm(ranges_of(thawed)); !st) log::error("node {}: rearm: {}", self_.id, st.to_string());
+}
+
+const partition::PartitionMap& ClusterNode::newest_locked(const std::shared_ptr<const partition::PartitionMap>& newest) const {
+  return newest && newest->epoch > map_.epoch ? *newest : map_;
+}
+
+std::vector<uint32_t> ClusterNode::not_mine() const {
+  std::lock_guard lock(map_mu_);
+  std::vector<uint32_t> out;
+  for (auto& p : map_.partitions)
+    if (p.owner != self_.id) out.push_back(p.id);
+  return out;
 }
 
 void ClusterNode::progress(std::string step) {
@@ -411,7 +417,7 @@ Status ClusterNode::fence(const std::vector<EntityRef>& touched) {
     newest = meta_->newest();
   }
   std::lock_guard lock(map_mu_);
-  const partition::PartitionMap& m = newest && newest->epoch > map_.epoch ? *newest : map_;
+  const partition::PartitionMap& m = newest_locked(newest);
   for (auto& r : touched) {
     auto* p = m.find(r);
     if (p && p->owner != self_.id)
@@ -489,11 +495,8 @@ void ClusterNode::refresh_map_async() {
 }
 
 std::optional<net::Endpoint> ClusterNode::node_addr(uint32_t id) const {
-  {
-    std::lock_guard lock(map_mu_);
-    if (auto* n = map_.node(id)) return n->addr;
-  }
-  if (auto* n = config_.node(id)) return n->addr;
+  std::lock_guard lock(map_mu_);
+  if (auto* n = partition::find_node(map_, config_, id)) return n->addr;
   return std::nullopt;
 }
 
@@ -617,18 +620,16 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
       // Sent by a controller that just started, so no move is under way: whatever this node
       // holds of partitions it does not own is left over from a move that died; drop it. A
       // partition it still owns but froze for that move is thawed.
-      std::vector<uint32_t> not_mine, thawed;
+      std::vector<uint32_t> thawed;
       {
         std::lock_guard lock(map_mu_);
-        for (auto& p : map_.partitions)
-          if (p.owner != self_.id) not_mine.push_back(p.id);
         for (auto [id, by] : frozen_) {
           auto* p = map_.partition(id);
           if (p && p->owner == self_.id) thawed.push_back(id);
         }
         frozen_.clear();
       }
-      TANDEM_TRY(engine_->release(ranges_of(not_mine)));
+      TANDEM_TRY(engine_->release(ranges_of(not_mine())));
       if (!thawed.empty()) {
         log::warn("node {}: thawing {} partition(s) frozen for a move that did not finish", self_.id, thawed.size());
         TANDEM_TRY(engine_->rearm(ranges_of(thawed)));
@@ -1105,7 +1106,6 @@ std::string ClusterNode::status_text() {
   out << "node " << self_.id << "\n"
       << "address " << self_.addr.to_string() << "\n"
       << "epoch " << epoch << "\n"
-
       << "partitions " << owned << "\n"
       << "partitions_total " << total << "\n"
       << "outbox_depth " << s.outbox_depth << "\n"

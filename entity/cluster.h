@@ -76,8 +76,12 @@ class ClusterNode {
   // The commit fence (Engine::set_fence).
   Status fence(const std::vector<EntityRef>& touched);
   std::vector<partition::KeyRange> ranges_of(const std::vector<uint32_t>& pids) const;
-  uint32_t controller() const { return controller_.load(); }
   partition::PartitionMap map_copy() const;
+  // Under map_mu_: the newer of this node's map and `newest` (a map from the store this node
+  // has not adopted yet), which is what ownership is judged by.
+  const partition::PartitionMap& newest_locked(const std::shared_ptr<const partition::PartitionMap>& newest) const;
+  // The partitions of the current map this node does not own.
+  std::vector<uint32_t> not_mine() const;
   // Sends `m` to every other node except `skip` (best effort).
   void announce(const partition::PartitionMap& m, std::initializer_list<uint32_t> skip);
   std::string moved_message(const EntityRef& ref) const;

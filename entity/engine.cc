@@ -1,9 +1,9 @@
 #include "engine.h"
 
-#include <cstdio>
-#include <cstdlib>
 #include <algorithm>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <optional>
 #include <thread>

@@ -179,7 +179,7 @@ void EtcdMeta::tick() {
   if (stop_) return;
   renew();
   campaign();
-  poll_map();  // the watch is the fast path; this catches what a broken watch missed
+  if (!watching_) poll_map();  // while the watch is down (it replays from its revision when back)
   keeper_->post_after(std::chrono::milliseconds(kTickMs), [this] { tick(); });
 }
 
@@ -190,8 +190,10 @@ void EtcdMeta::watch_loop() {
     std::lock_guard lock(mu_);
     from = newest_rev_ + 1;
   }
+  watching_ = true;
   auto st = client_.watch(client_.key("map"), from, [this](const EtcdValue& v) { saw(v); return !stop_.load(); },
                           [] { return true; }, stop_);
+  watching_ = false;
   if (stop_) return;
   log::debug("node {}: etcd watch ended ({}); watching again", id_, st.to_string());
   watcher_->post_after(std::chrono::milliseconds(200), [this] { watch_loop(); });

@@ -37,7 +37,7 @@ class EtcdMeta {
   // The map in etcd; when there is none, `initial` is stored (the first node to get there wins).
   // Retries for up to `wait_ms` while etcd is unreachable.
   Result<partition::PartitionMap> load_or_create(const partition::PartitionMap& initial, int wait_ms);
-  // Takes the lease, registers, campaigns once (so controller() is known on return), then keeps
+  // Takes the lease, registers, campaigns once (on_controller has run on return), then keeps
   // all of it up in the background and watches the map.
   Status start(Hooks hooks);
   // Stops renewing, campaigning and watching (no hook runs after this returns); the lease stays
@@ -49,12 +49,10 @@ class EtcdMeta {
   // Writes `next` (epoch = newest().epoch + 1) if the map in etcd is still the newest this node
   // has seen and this node still holds the controller key.
   Status commit(const partition::PartitionMap& next);
-  uint32_t controller() const { return controller_.load(); }
   bool lease_valid() const;
   // Waits up to `limit_ms` for a valid lease.
   bool wait_lease(int limit_ms) const;
   std::shared_ptr<const partition::PartitionMap> newest() const;
-  const EtcdAddress& address() const { return client_.address(); }
 
  private:
   void tick();  // keeper: renew, campaign, poll the map; re-posts itself
@@ -71,6 +69,7 @@ class EtcdMeta {
   Hooks hooks_;
   std::unique_ptr<Executor> keeper_, watcher_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> watching_{false};  // a watch call is running (it resumes from newest_rev_ + 1)
   std::atomic<int64_t> lease_{0};
   std::atomic<int64_t> valid_until_us_{0};
   std::atomic<uint32_t> controller_{0};

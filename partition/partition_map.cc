@@ -467,4 +467,9 @@ Result<ClusterConfig> ClusterConfig::parse(std::string_view text, const std::str
   return c;
 }
 
+const NodeInfo* find_node(const PartitionMap& map, const ClusterConfig& config, uint32_t id) {
+  if (auto* n = map.node(id)) return n;
+  return config.node(id);
+}
+
 }  // namespace tandem::partition

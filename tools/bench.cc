@@ -442,6 +442,15 @@ struct LocalCluster {
     std::filesystem::remove(types);
   }
   std::string config() const { return dir + "/cluster.conf"; }
+  // A client of the cluster (`admin` for moves); the failure is printed.
+  tandem::Result<std::unique_ptr<tandem::entity::Client>> connect(const std::string& role) const {
+    tandem::entity::Client::Options co;
+    co.config_path = config();
+    co.role = role;
+    auto client = tandem::entity::Client::connect(co);
+    if (!client) std::fprintf(stderr, "tandem-bench: %s\n", client.status().to_string().c_str());
+    return client;
+  }
 };
 
 int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts, const std::string& durability) {
@@ -459,12 +468,9 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
               rtt.p99, loop_per_s);
   std::fflush(stdout);
 
-  tandem::entity::Client::Options co;
-  co.config_path = lc.config();
-  auto client = tandem::entity::Client::connect(co);
+  auto client = lc.connect("client");
   int rc = 0;
   if (!client) {
-    std::fprintf(stderr, "tandem-bench: %s\n", client.status().to_string().c_str());
     rc = 1;
   } else {
     auto& c = **client;
@@ -520,14 +526,10 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
   return rc;
 }
 
-// The node holding the controller role (node 1 when no node answers).
+// The node holding the controller role (node 1 when none answers).
 uint32_t controller_of(tandem::entity::Client& c) {
-  for (int attempt = 0; attempt < 50; ++attempt) {
-    for (uint32_t id : c.node_ids())
-      if (auto r = c.request(id, "controller", "", 2000); r && *r != "0") return static_cast<uint32_t>(std::stoul(*r));
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return 1;
+  auto r = c.controller();
+  return r ? *r : 1;
 }
 
 // A partition of `entities` pingers (each with an activity: the client reply record), moved
@@ -541,13 +543,9 @@ int bench_move(const std::string& self_bin, uint64_t entities, const Opts& opts)
                   "strict", 27500, opts.meta);
   if (!lc.up) return 1;
   std::printf("metadata store: %s\n", opts.meta.c_str());
-  tandem::entity::Client::Options co;
-  co.config_path = lc.config();
-  co.role = "admin";  // it moves partitions
-  auto client = tandem::entity::Client::connect(co);
+  auto client = lc.connect("admin");  // it moves partitions
   int rc = 0;
   if (!client) {
-    std::fprintf(stderr, "tandem-bench: %s\n", client.status().to_string().c_str());
     rc = 1;
   } else {
     auto& c = **client;

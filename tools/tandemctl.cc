@@ -1,9 +1,8 @@
 // tandemctl: the admin CLI of a Tandem cluster.
-#include <future>
-#include <thread>
 #include <algorithm>
 #include <charconv>
 #include <cstdio>
+#include <future>
 #include <map>
 #include <sstream>
 #include <string>
@@ -72,37 +71,12 @@ std::vector<std::pair<std::string, std::string>> kv_lines(const std::string& tex
 
 std::string printable(const std::string& s) { return tandem::EntityRef{"", s}.to_string().substr(1); }
 
-// The controller, as the nodes know it (the lowest id with the embedded metadata store, the
-// node holding the etcd controller key otherwise): a node that says so itself. Tries for up
-// to ~10 s while the role passes from a node that stopped to another.
-std::optional<uint32_t> find_controller(tandem::entity::Client& c, std::string& why) {
-  auto ids = c.node_ids();
-  std::sort(ids.begin(), ids.end());
-  for (int attempt = 0; attempt < 40; ++attempt) {
-    for (auto id : ids) {
-      auto r = c.request(id, "controller", "", 2000);
-      if (!r) {
-        why = r.status().message();
-        continue;
-      }
-      uint32_t ctl = static_cast<uint32_t>(std::strtoul(r->c_str(), nullptr, 10));
-      auto confirm = ctl == id ? r : c.request(ctl, "controller", "", 2000);
-      if (confirm && *confirm == std::to_string(ctl)) return ctl;
-      why = confirm ? "node " + std::to_string(ctl) + " does not hold the controller role" : confirm.status().message();
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
-  }
-  return std::nullopt;
-}
-
 // Sends a map-changing command to the controller and prints what it did. Moves can take a
 // while: up to 10 minutes.
 int to_controller(tandem::entity::Client& c, const std::string& method, std::string body, bool json) {
-  std::string why;
-  auto controller = find_controller(c, why);
+  auto controller = c.controller();
   if (!controller) {
-    std::fprintf(stderr, "tandemctl: no controller answered (%s); nothing changed\n", why.c_str());
+    std::fprintf(stderr, "tandemctl: no controller answered (%s); nothing changed\n", controller.status().message().c_str());
     return 1;
   }
   // Runs the command while showing the controller's progress (on stderr) as it changes.
@@ -306,10 +280,9 @@ int main(int argc, char** argv) {
   }
 
   if (cmd == "controller") {
-    std::string why;
-    auto ctl = find_controller(c, why);
+    auto ctl = c.controller();
     if (!ctl) {
-      std::fprintf(stderr, "tandemctl: no controller answered (%s)\n", why.c_str());
+      std::fprintf(stderr, "tandemctl: no controller answered (%s)\n", ctl.status().message().c_str());
       return 1;
     }
     if (json) std::printf("{\"controller\":%u}\n", *ctl);

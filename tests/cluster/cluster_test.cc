@@ -288,6 +288,26 @@ uint64_t epoch_of(Cluster& c) {
   return std::stoull(p.text.substr(pos + 8));
 }
 
+// Restarts `node` so that it dies at crash point `point`, runs the tandemctl command that gets
+// there, waits until the node is down and starts it again. Returns the command's output.
+Out crash_during(Cluster& c, int node, const std::string& point, const std::string& command) {
+  REQUIRE(sh("TANDEM_CRASH_AT=" + point + " " + c.env + TANDEM_CLUSTER_SCRIPT + " restart " + std::to_string(node)).code == 0);
+  auto r = sh(c.ctl + command);
+  REQUIRE(tandem::testing::wait_until([&] {
+    return c.launcher("status").text.find("node " + std::to_string(node) + "  127.0.0.1:" + std::to_string(c.port(node)) +
+                                          "  stopped") != std::string::npos;
+  }));
+  REQUIRE(c.launcher("restart " + std::to_string(node)).code == 0);
+  return r;
+}
+
+// The demo run `drive` made is read back (every order found once, the invariant intact), then
+// `more` new orders flow through the cluster as it is now.
+void check_demo_again(Cluster& c, const std::string& drive, const std::string& more) {
+  check_demo_ok(sh(drive));
+  check_demo_ok(sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " " + more));
+}
+
 struct StormCounts {
   int moves = 0, splits = 0, refused = 0;
 };
@@ -398,22 +418,14 @@ TEST_CASE("a node killed at each step of a move leaves exactly one owner and los
     Cluster c;
     std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 1500 --items 100";
     require_drive(drive);
-    auto r = sh("TANDEM_CRASH_AT=" + step.point + " " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 1");
-    REQUIRE(r.code == 0);
-    auto mv = sh(c.ctl + "move 1 2");
-    CHECK(mv.code != 0);  // the controller died during the move
-    REQUIRE(tandem::testing::wait_until([&] { return c.launcher("status").text.find("node 1  127.0.0.1:" + std::to_string(c.port(1)) + "  stopped") != std::string::npos; }));
+    CHECK(crash_during(c, 1, step.point, "move 1 2").code != 0);  // the controller died during the move
     CHECK(read_file(c.dir.sub("c") + "/node-1.log").find("crash point reached") != std::string::npos);
-    REQUIRE(c.launcher("restart 1").code == 0);
     auto parts = sh(c.ctl + "partitions");
     INFO(parts.text);
     CHECK(parts.text.find("\n1    order      slots 0..42              " + std::to_string(step.owner_after)) != std::string::npos);
     // Every order is found exactly once (a copy on two nodes would be counted twice) and the
     // invariant holds; then new traffic flows through the partition's owner.
-    check_demo_ok(sh(drive));
-    auto more = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf +
-                   " --orders 1500 --items 100 --seed 42");
-    check_demo_ok(more);
+    check_demo_again(c, drive, "--orders 1500 --items 100 --seed 42");
   }
 }
 
@@ -428,19 +440,14 @@ TEST_CASE("the controller killed at each step of a split: the split happened exa
     std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 1500 --items 100";
     require_drive(drive);
     uint64_t epoch = epoch_of(c);
-    REQUIRE(sh("TANDEM_CRASH_AT=" + step.point + " " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 1").code == 0);
-    CHECK(sh(c.ctl + "split 2").code != 0);  // the controller died during the split
-    REQUIRE(tandem::testing::wait_until([&] { return c.launcher("status").text.find("node 1  127.0.0.1:" + std::to_string(c.port(1)) + "  stopped") != std::string::npos; }));
+    CHECK(crash_during(c, 1, step.point, "split 2").code != 0);  // the controller died during the split
     CHECK(read_file(c.dir.sub("c") + "/node-1.log").find("crash point reached") != std::string::npos);
-    REQUIRE(c.launcher("restart 1").code == 0);
     CHECK(epoch_of(c) == epoch + (step.split_after ? 1 : 0));
     auto parts = sh(c.ctl + "partitions");
     INFO(parts.text);
     CHECK((parts.text.find("\n12   order") != std::string::npos) == step.split_after);
     // Every order is found once and the invariant holds on whichever map stands; traffic flows.
-    check_demo_ok(sh(drive));
-    check_demo_ok(sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf +
-                     " --orders 1500 --items 100 --order-prefix after-split-"));
+    check_demo_again(c, drive, "--orders 1500 --items 100 --order-prefix after-split-");
   }
 }
 
@@ -525,20 +532,13 @@ TEST_CASE("a controller killed during a move of another node's partition: the so
   std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 800 --items 80";
   require_drive(drive);
   // Partition 2 (order) is on node 2; the controller (node 1) dies after node 2 froze and exported it.
-  REQUIRE(sh("TANDEM_CRASH_AT=move:before_commit " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 1").code == 0);
-  CHECK(sh(c.ctl + "move 2 3").code != 0);
-  REQUIRE(tandem::testing::wait_until([&] {
-    return c.launcher("status").text.find("node 1  127.0.0.1:" + std::to_string(c.port(1)) + "  stopped") != std::string::npos;
-  }));
-  REQUIRE(c.launcher("restart 1").code == 0);
+  CHECK(crash_during(c, 1, "move:before_commit", "move 2 3").code != 0);
   REQUIRE(tandem::testing::wait_until(
       [&] { return read_file(c.dir.sub("c") + "/node-2.log").find("thawing 1 partition") != std::string::npos; },
       std::chrono::seconds(20)));
   CHECK(sh(c.ctl + "partitions").text.find("\n2    order      slots 42..85             2") != std::string::npos);
-  check_demo_ok(sh(drive));  // every order of partition 2 answers again, from node 2
-  auto more = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf +
-                 " --orders 800 --items 80 --order-prefix after-");
-  check_demo_ok(more);
+  // Every order of partition 2 answers again, from node 2.
+  check_demo_again(c, drive, "--orders 800 --items 80 --order-prefix after-");
 }
 
 TEST_CASE("the target killed at each step of a move: exactly one owner, nothing lost") {
@@ -552,22 +552,15 @@ TEST_CASE("the target killed at each step of a move: exactly one owner, nothing 
     Cluster c;
     std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 1500 --items 100";
     require_drive(drive);
-    REQUIRE(sh("TANDEM_CRASH_AT=" + step.point + " " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 2").code == 0);
-    auto mv = sh(c.ctl + "move 1 2");
+    auto mv = crash_during(c, 2, step.point, "move 1 2");
     INFO(mv.text);
-    REQUIRE(tandem::testing::wait_until([&] {
-      return c.launcher("status").text.find("node 2  127.0.0.1:" + std::to_string(c.port(2)) + "  stopped") != std::string::npos;
-    }));
-    REQUIRE(c.launcher("restart 2").code == 0);
     // After the commit the controller retries adopt until node 2 is back; before it, the move
     // was aborted and node 1 thawed the partition.
     REQUIRE(tandem::testing::wait_until([&] {
       return sh(c.ctl + "partitions").text.find("\n1    order      slots 0..42              " +
                                                 std::to_string(step.owner_after)) != std::string::npos;
     }));
-    check_demo_ok(sh(drive));
-    check_demo_ok(sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf +
-                     " --orders 1500 --items 100 --order-prefix after-"));
+    check_demo_again(c, drive, "--orders 1500 --items 100 --order-prefix after-");
   }
 }
 
@@ -708,8 +701,7 @@ TEST_CASE("etcd metadata: a controller paused (SIGSTOP) past its lease in the mi
   // found once with the invariant intact; new traffic flows.
   CHECK(owner_of(c, pid) == from);
   CHECK(epoch_of(c) == epoch);
-  check_demo_ok(sh(drive));
-  check_demo_ok(sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 1500 --items 100 --order-prefix paused-"));
+  check_demo_again(c, drive, "--orders 1500 --items 100 --order-prefix paused-");
   // The role stays with the new controller; with the stop point gone, moves work again.
   CHECK(controller_of(c) != ctl);
   for (int n = 1; n <= 3; ++n) REQUIRE(c.launcher("restart " + std::to_string(n)).code == 0);
@@ -747,8 +739,7 @@ TEST_CASE("etcd metadata: a source paused (SIGSTOP) past its lease while its par
   REQUIRE(tandem::testing::wait_until([&] { return log_has(c, from, "the etcd lease expired"); }, std::chrono::seconds(10)));
   CHECK(owner_of(c, pid) == from);
   CHECK(epoch_of(c) == epoch);
-  check_demo_ok(sh(drive));
-  check_demo_ok(sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 1500 --items 100 --order-prefix stalled-"));
+  check_demo_again(c, drive, "--orders 1500 --items 100 --order-prefix stalled-");
   CHECK(sh(c.ctl + "parked").text.find("no parked messages") != std::string::npos);
 }
 

@@ -52,7 +52,6 @@ class EtcdClient {
   // revision of the write, or nullopt when a compare failed.
   Result<std::optional<int64_t>> put_if(const std::string& key, const std::string& value, int64_t mod_revision,
                                         const std::string& guard_key = {}, int64_t guard_lease = 0);
-  Status del(const std::string& key);
 
   // Leases: grant returns the id; keepalive returns the remaining TTL in seconds (0: the lease
   // has expired or was revoked and is gone).

@@ -46,6 +46,10 @@ class Client final : public Gateway {
   };
   MapSummary map_summary() const;
   std::vector<uint32_t> node_ids() const;
+  // The node holding the controller role (the lowest id with the embedded metadata store, the
+  // holder of the etcd controller key otherwise), as a node that says so itself confirms. Tries
+  // for about 10 s while the role passes from a node that stopped to another.
+  Result<uint32_t> controller();
   // The node that owns `ref` per the current map (0 for an unknown type).
   uint32_t owner_of(const EntityRef& ref) const;
   // The encoded partition map (partition::PartitionMap::decode reads it).

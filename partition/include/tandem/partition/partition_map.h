@@ -99,4 +99,7 @@ struct ClusterConfig {
   NodeInfo* node(uint32_t id) { return const_cast<NodeInfo*>(std::as_const(*this).node(id)); }
 };
 
+// A node's entry: from the map (nodes added at run time), else from the config.
+const NodeInfo* find_node(const PartitionMap& map, const ClusterConfig& config, uint32_t id);
+
 }  // namespace tandem::partition
