@@ -158,6 +158,16 @@ struct Opts {
   std::string meta = "embedded";  // move bench: embedded or etcd (a local etcd)
 };
 
+// The demo as the bench flags ask for it, without progress lines.
+reservation::DemoOptions demo_options(const Opts& opts) {
+  reservation::DemoOptions d;
+  d.orders = opts.orders;
+  d.items = opts.items;
+  d.concurrency = opts.concurrency;
+  d.progress = false;
+  return d;
+}
+
 void bench_transitions(tandem::Env& env, const std::string& durability, uint64_t entities, double seconds) {
   g_ring = entities;
   tandem::entity::Registry reg;
@@ -248,11 +258,7 @@ void bench_demo(tandem::Env& env, const Opts& opts, const std::string& durabilit
     std::fprintf(stderr, "node: %s\n", s.to_string().c_str());
     return;
   }
-  reservation::DemoOptions d;
-  d.orders = opts.orders;
-  d.items = opts.items;
-  d.concurrency = opts.concurrency;
-  d.progress = false;
+  reservation::DemoOptions d = demo_options(opts);
   auto r = reservation::run_demo(node, env.clock(), d);
   auto st = node.stats();
   node.stop();
@@ -493,11 +499,7 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
                 "at_per_s=%.0f p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
                 durability.c_str(), b.max_per_s, b.rate, b.lat_ms.p50, b.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(b.errors));
     std::fflush(stdout);
-    reservation::DemoOptions d;
-    d.orders = opts.orders;
-    d.items = opts.items;
-    d.concurrency = opts.concurrency;
-    d.progress = false;
+    reservation::DemoOptions d = demo_options(opts);
     auto env2 = tandem::make_real_env();
     auto r = reservation::run_demo(c, env2->clock(), d);
     // The same demo on one in-process node, in this run, for the ratio.
@@ -606,11 +608,7 @@ int bench_move(const std::string& self_bin, uint64_t entities, const Opts& opts)
     std::fflush(stdout);
     if (r) std::fprintf(stderr, "%s\n", r->c_str());
     // 3. The demo steady, then during a storm of moves (one every 300 ms), same cluster.
-    reservation::DemoOptions d;
-    d.orders = opts.orders;
-    d.items = opts.items;
-    d.concurrency = opts.concurrency;
-    d.progress = false;
+    reservation::DemoOptions d = demo_options(opts);
     auto env2 = tandem::make_real_env();
     auto steady = reservation::run_demo(c, env2->clock(), d);
     std::atomic<bool> storm_stop{false};
