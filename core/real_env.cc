@@ -1,6 +1,9 @@
 #include <tandem/core/env.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <thread>
 
@@ -64,9 +67,37 @@ class AsioExecutor final : public Executor {
   std::thread thread_;
 };
 
+class RealEvent final : public Event {
+ public:
+  void set() override {
+    std::lock_guard lock(mu_);
+    set_ = true;
+    cv_.notify_all();
+  }
+  bool wait_us(int64_t timeout_us) override {
+    std::unique_lock lock(mu_);
+    if (timeout_us < 0) {
+      cv_.wait(lock, [this] { return set_; });
+      return true;
+    }
+    return cv_.wait_for(lock, std::chrono::microseconds(timeout_us), [this] { return set_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool set_ = false;
+};
+
 class RealEnv final : public Env {
  public:
   Clock& clock() override { return clock_; }
+  std::shared_ptr<Event> make_event() override { return std::make_shared<RealEvent>(); }
+  std::unique_ptr<net::Network> make_network() override { return net::make_real_network(); }
+  void stop_process(int code) override {
+    std::fflush(nullptr);
+    std::_Exit(code);
+  }
   uint64_t seed() override { return (static_cast<uint64_t>(rd_()) << 32) ^ rd_() ^ counter_++; }
   std::unique_ptr<Executor> make_executor(const std::string& name) override {
     return std::make_unique<AsioExecutor>(name);

@@ -3,12 +3,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
-#include <thread>
 
 #include <tandem/core/env.h>
 #include <tandem/core/log.h>
@@ -26,8 +24,9 @@ struct Client::Impl {
   Options opts;
   partition::ClusterConfig config;
   std::string secret;
-  std::unique_ptr<Env> env = make_real_env();
-  std::unique_ptr<net::Network> net = net::make_real_network();
+  std::unique_ptr<Env> own_env;
+  Env* env = nullptr;
+  std::unique_ptr<net::Network> net;
   mutable std::mutex mu;
   partition::PartitionMap map;
   struct Peer {
@@ -93,19 +92,17 @@ struct Client::Impl {
   }
 
   Result<std::string> request(uint32_t id, const std::string& method, std::string body, int64_t timeout_ms = 10'000) {
-    auto p = std::make_shared<std::promise<Result<std::string>>>();
-    auto f = p->get_future();
+    Handoff<Result<std::string>> p(*env);
     with_session(id, [p, method, body = std::move(body)](Result<std::shared_ptr<Session>> s) mutable {
-      if (!s) return p->set_value(s.status());
+      if (!s) return p.set(s.status());
       (*s)->request(method, std::move(body), [p](Status st, std::string b) {
-        if (!st) return p->set_value(st);
-        p->set_value(std::move(b));
+        if (!st) return p.set(st);
+        p.set(std::move(b));
       });
     });
-    if (f.wait_for(std::chrono::milliseconds(timeout_ms)) != std::future_status::ready)
-      return Status::unavailable("node " + std::to_string(id) + " did not answer within " +
-                                 std::to_string(timeout_ms / 1000) + " s");
-    return f.get();
+    if (auto r = p.wait_us(timeout_ms * 1000)) return std::move(*r);
+    return Status::unavailable("node " + std::to_string(id) + " did not answer within " +
+                               std::to_string(timeout_ms / 1000) + " s");
   }
 
   // request() retried while the node is unreachable (it may be restarting), up to 60 s.
@@ -114,7 +111,7 @@ struct Client::Impl {
     while (true) {
       auto r = request(id, method, body);
       if (r || r.status().code() != Code::kUnavailable || env->clock().now_us() > deadline) return r;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      env->clock().sleep_us(100'000);
     }
   }
 
@@ -204,6 +201,9 @@ Client::~Client() = default;
 Result<std::unique_ptr<Client>> Client::connect(const Options& opts) {
   auto impl = std::make_unique<Impl>();
   impl->opts = opts;
+  if (!opts.env) impl->own_env = make_real_env();
+  impl->env = opts.env ? opts.env : impl->own_env.get();
+  impl->net = impl->env->make_network();
   auto config = partition::ClusterConfig::load(opts.config_path);
   if (!config) return config.status();
   impl->config = std::move(*config);
@@ -227,7 +227,7 @@ Result<std::unique_ptr<Client>> Client::connect(const Options& opts) {
       impl->map = std::move(*m);
       return std::unique_ptr<Client>(new Client(std::move(impl)));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    impl->env->clock().sleep_us(200'000);
   } while (impl->env->clock().now_us() < deadline);
   return last;
 }
@@ -258,7 +258,7 @@ Status Client::for_each_state(const std::string& type, const std::function<void(
       rows.insert(rows.end(), std::make_move_iterator(l->begin() + 1), std::make_move_iterator(l->end()));
     }
     if (epochs.size() > 1 && attempt < 100) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      impl_->env->clock().sleep_us(100'000);
       continue;
     }
     if (epochs.size() > 1) return Status::unavailable("the partition map kept changing during the scan");
@@ -332,7 +332,7 @@ Result<uint32_t> Client::controller() {
                     : confirm.status();
       break;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    impl_->env->clock().sleep_us(250'000);
   }
   return why;
 }

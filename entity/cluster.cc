@@ -170,12 +170,12 @@ ClusterNode::~ClusterNode() { stop(); }
 Status ClusterNode::load_map() {
   // The store is opened briefly here, before the engine opens it, to read (or, at the
   // controller, create) the map that routing needs from the first delivery on.
-  auto store = partition::Store::open({opts_.data_dir, partition::Durability::kStrict});
+  auto store = open_store_({opts_.data_dir, partition::Durability::kStrict});
   // A previous process of this node that was just killed may hold the store's lock for a few
   // more milliseconds while its threads exit: wait for it (bounded) rather than fail.
   for (int attempt = 0; attempt < 50 && !store && store.status().message().find("LOCK") != std::string::npos; ++attempt) {
     env_.clock().sleep_us(100'000);
-    store = partition::Store::open({opts_.data_dir, partition::Durability::kStrict});
+    store = open_store_({opts_.data_dir, partition::Durability::kStrict});
   }
   if (!store) return store.status();
   auto cached = (*store)->get(partition::Cf::kMeta, kMapKey);
@@ -216,22 +216,21 @@ Status ClusterNode::load_map() {
     // Fetch from the controller; fall back to the cached copy when it is down.
     auto* c = config_.node(controller);
     for (int attempt = 0; attempt < 300; ++attempt) {
-      std::promise<Result<std::string>> p;
-      auto f = p.get_future();
+      Handoff<Result<std::string>> p(env_);
       messaging::SessionOptions o;
       o.secret = secret_;
       o.role = "node";
       o.node_id = self_.id;
-      Session::connect(*net_, c->addr, o, {}, [&p](Result<std::shared_ptr<Session>> s) {
-        if (!s) return p.set_value(s.status());
+      Session::connect(*net_, c->addr, o, {}, [p](Result<std::shared_ptr<Session>> s) {
+        if (!s) return p.set(s.status());
         auto session = *s;
-        session->request("map", "", [&p, session](Status st, std::string body) {
+        session->request("map", "", [p, session](Status st, std::string body) {
           session->close();
-          if (!st) return p.set_value(st);
-          p.set_value(std::move(body));
+          if (!st) return p.set(st);
+          p.set(std::move(body));
         });
       });
-      auto r = f.get();
+      auto r = p.wait_us(10'000'000).value_or(Status::unavailable("the controller did not answer within 10 s"));
       if (r) {
         auto m = partition::PartitionMap::decode(*r);
         if (!m) return m.status();
@@ -251,7 +250,7 @@ Status ClusterNode::load_map() {
       if (attempt % 20 == 0)
         log::info("node {}: waiting for the controller (node {}) to serve the partition map: {}", self_.id, controller,
                   r.status().message());
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      env_.clock().sleep_us(100'000);
     }
     if (!mine) return Status::unavailable("no partition map: the controller never answered");
   }
@@ -275,7 +274,7 @@ Status ClusterNode::start() {
   if (config_.max_pending_calls) opts_.max_pending_calls = config_.max_pending_calls;
   if (config_.max_outbox) opts_.max_outbox = config_.max_outbox;
   if (config_.max_inbox) opts_.max_inbox = config_.max_inbox;
-  net_ = net::make_real_network();
+  net_ = env_.make_network();
   ctl_exec_ = env_.make_executor("tandem-ctl");
   part_exec_ = env_.make_executor("tandem-part");
   if (config_.meta != "embedded") {
@@ -286,6 +285,7 @@ Status ClusterNode::start() {
   TANDEM_TRY(load_map());
 
   engine_ = std::make_unique<Engine>(env_, registry_, opts_);
+  engine_->set_store_opener(open_store_);
   {
     std::lock_guard lock(map_mu_);
     engine_->set_placement(map_.placement());
@@ -531,25 +531,20 @@ std::vector<partition::KeyRange> ClusterNode::ranges_of(const std::vector<uint32
 Result<std::string> ClusterNode::call_node(uint32_t id, const std::string& method, std::string body) {
   if (id == self_.id) return handle_partition_request(method, std::move(body));
   if (stopping_) return Status::unavailable("this node is stopping");
-  auto p = std::make_shared<std::promise<Result<std::string>>>();
-  auto f = p->get_future();
+  Handoff<Result<std::string>> p(env_);
   peers_->request(id, method, std::move(body), [p](Status st, std::string b) {
-    if (!st) return p->set_value(st);
-    p->set_value(std::move(b));
+    if (!st) return p.set(st);
+    p.set(std::move(b));
   });
   // Copying a partition's rows takes time in proportion to its size; every other request is
   // quick, and a node that does not answer it within 10 s is taken as stalled.
   const int limit_ms = method == "export" || method == "ingest" ? 120'000 : 10'000;
-  for (int waited_ms = 0; f.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready; waited_ms += 100) {
+  for (int waited_ms = 0;; waited_ms += 100) {
+    if (auto r = p.wait_us(100'000)) return std::move(*r);
     if (stopping_) return Status::unavailable("this node is stopping");
     if (waited_ms >= limit_ms)
       return Status::unavailable("node " + std::to_string(id) + " did not answer " + method + " within " +
                                  std::to_string(limit_ms / 1000) + " s");
-  }
-  try {
-    return f.get();
-  } catch (const std::future_error&) {  // the network stopped with the request in flight
-    return Status::unavailable("this node is stopping");
   }
 }
 
@@ -760,7 +755,7 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
                    next->epoch, r.status().to_string());
         break;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      env_.clock().sleep_us(100'000);
     }
   }
   announce(*next, {to, from});
@@ -858,12 +853,12 @@ Result<std::string> ClusterNode::add_node(uint32_t id, const std::string& addrs)
   o.secret = secret_;
   o.role = "node";
   o.node_id = self_.id;
-  std::promise<Status> reached;
-  Session::connect(*net_, *addr, o, {}, [&reached](Result<std::shared_ptr<Session>> s) {
+  Handoff<Status> reached(env_);
+  Session::connect(*net_, *addr, o, {}, [reached](Result<std::shared_ptr<Session>> s) {
     if (s) (*s)->close();
-    reached.set_value(s.status());
+    reached.set(s.status());
   });
-  if (auto st = reached.get_future().get(); !st)
+  if (auto st = reached.wait_us(30'000'000).value_or(Status::unavailable("no answer within 30 s")); !st)
     return Status::unavailable("node " + std::to_string(id) + " is not serving at " + addr->to_string() + ": " + st.message());
   TANDEM_TRY(commit_map(*next));
   TANDEM_TRY(adopt_map(*next));

@@ -42,6 +42,8 @@ class ClusterNode {
   Status start();
   void stop();
   const partition::NodeInfo& self() const { return self_; }
+  // Where the store comes from (the simulator's in-memory disks). Call before start().
+  void set_store_opener(StoreOpener open) { open_store_ = std::move(open); }
 
  private:
   class PeerTransport;
@@ -118,6 +120,7 @@ class ClusterNode {
   std::unique_ptr<Executor> part_exec_;       // blocking partition requests from the controller
   std::atomic<uint32_t> controller_{0};
   std::unique_ptr<EtcdMeta> meta_;  // set with `meta etcd://...`
+  StoreOpener open_store_ = open_rocks_store;
 };
 
 }  // namespace tandem::entity

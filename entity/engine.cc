@@ -53,19 +53,10 @@ std::optional<std::string> unhex(std::string_view h) {
 
 // Runs `fn` on `exec` and blocks the calling (non-executor) thread until it has run.
 template <class T>
-T run_on(Executor& exec, const std::function<T()>& fn) {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::optional<T> result;
-  exec.post([&] {
-    T r = fn();
-    std::lock_guard lock(mu);
-    result.emplace(std::move(r));
-    cv.notify_all();
-  });
-  std::unique_lock lock(mu);
-  cv.wait(lock, [&] { return result.has_value(); });
-  return std::move(*result);
+T run_on(Env& env, Executor& exec, const std::function<T()>& fn) {
+  Handoff<T> result(env);
+  exec.post([&fn, result] { result.set(fn()); });
+  return std::move(*result.wait_us(-1));
 }
 
 }  // namespace
@@ -89,6 +80,13 @@ class Engine::RoutingTransport final : public messaging::Transport {
   messaging::Transport* remote_;
 };
 
+Result<std::unique_ptr<partition::Store>> open_rocks_store(const partition::StoreOptions& so) {
+  std::error_code ec;
+  std::filesystem::create_directories(so.path, ec);
+  if (ec) return Status::invalid_argument("cannot create data dir " + so.path + ": " + ec.message());
+  return partition::Store::open(so);
+}
+
 Engine::Engine(Env& env, const Registry& registry, NodeOptions opts)
     : env_(env), registry_(registry), opts_(std::move(opts)) {
   for (auto& [name, t] : registry_.types()) {
@@ -109,10 +107,7 @@ Status Engine::start() {
   if (opts_.data_dir.empty()) return Status::invalid_argument("data_dir is empty");
   if (opts_.max_batch == 0 || opts_.max_attempts <= 0)
     return Status::invalid_argument("max_batch and max_attempts must be positive");
-  std::error_code ec;
-  std::filesystem::create_directories(opts_.data_dir, ec);
-  if (ec) return Status::invalid_argument("cannot create data dir " + opts_.data_dir + ": " + ec.message());
-  auto store = partition::Store::open({opts_.data_dir, durability_});
+  auto store = open_store_({opts_.data_dir, durability_});
   if (!store) return store.status();
   store_ = std::move(*store);
   view_ = std::make_unique<partition::View>(*store_, opts_.cache_entries);
@@ -137,7 +132,7 @@ Status Engine::start() {
   relay_ = std::make_unique<messaging::Relay>(*exec_, *routing_, env_.clock(), env_.seed(), ro,
                                                [this](const std::string& k) { on_relay_acked(k); });
   timer_ids_ = static_cast<uint64_t>(env_.clock().wall_ms()) * 1000;
-  auto st = run_on<Status>(*exec_, [this] { return recover(); });
+  auto st = run_on<Status>(env_, *exec_, [this] { return recover(); });
   running_ = st.is_ok();
   return st;
 }
@@ -181,11 +176,11 @@ void Engine::stop() {
   // Let in-flight commits finish (stopped_ keeps new groups from being sealed meanwhile), then
   // stop the loop. Messages still queued stay durable in their senders' outboxes; client
   // calls still waiting are answered `unavailable` and the client retries.
-  while (run_on<int>(*exec_, [this] {
+  while (run_on<int>(env_, *exec_, [this] {
     stopped_ = true;
     return inflight_commits_;
   }) > 0)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    env_.clock().sleep_us(1000);
   if (relay_) relay_->stop();
   // Threads that post to the engine's executor go first: the fault timers, then the commit
   // thread (it may still be returning from posting the last on_committed).
@@ -421,16 +416,16 @@ void Engine::defer_frozen(Work& w) {
 }
 
 void Engine::flush() {
-  uint64_t target = run_on<uint64_t>(*exec_, [this] {
+  uint64_t target = run_on<uint64_t>(env_, *exec_, [this] {
     bool open = view_->open_writes() > 0 || !open_.empty();
     if (open && inflight_commits_ == 0) seal_and_commit();
     return sealed_groups_ + ((view_->open_writes() > 0 || !open_.empty()) ? 1 : 0);
   });
-  while (run_on<uint64_t>(*exec_, [this] {
+  while (run_on<uint64_t>(env_, *exec_, [this] {
            if (inflight_commits_ == 0 && (view_->open_writes() > 0 || !open_.empty())) seal_and_commit();
            return committed_groups_;
          }) < target)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    env_.clock().sleep_us(1000);
 }
 
 Status Engine::load_timers(const std::vector<partition::KeyRange>& ranges) {
@@ -447,7 +442,7 @@ Status Engine::load_timers(const std::vector<partition::KeyRange>& ranges) {
 }
 
 Status Engine::adopt(const std::vector<partition::KeyRange>& ranges) {
-  return run_on<Status>(*exec_, [&]() -> Status {
+  return run_on<Status>(env_, *exec_, [&]() -> Status {
     for (auto& [b, e] : ranges) {
       view_->invalidate(b, e);
       TANDEM_TRY(store_->scan(Cf::kOutbox, b, e, [&](std::string_view k, std::string_view v) {
@@ -461,11 +456,11 @@ Status Engine::adopt(const std::vector<partition::KeyRange>& ranges) {
 }
 
 Status Engine::rearm(const std::vector<partition::KeyRange>& ranges) {
-  return run_on<Status>(*exec_, [&]() -> Status { return load_timers(ranges); });
+  return run_on<Status>(env_, *exec_, [&]() -> Status { return load_timers(ranges); });
 }
 
 Status Engine::release(const std::vector<partition::KeyRange>& ranges) {
-  return run_on<Status>(*exec_, [&]() -> Status {
+  return run_on<Status>(env_, *exec_, [&]() -> Status {
     partition::WriteBatch b;
     for (auto& [begin, end] : ranges) {
       relay_->forget_range(begin, end);
@@ -612,8 +607,7 @@ void Engine::check_fence(const std::vector<EntityRef>& touched) {
   if (!fence_) return;
   if (auto s = fence_(touched); !s) {
     log::error("fenced: {}; stopping the process without writing the group", s.message());
-    std::fflush(nullptr);
-    std::_Exit(kFencedExitCode);
+    env_.stop_process(kFencedExitCode);
   }
 }
 
@@ -716,7 +710,7 @@ NodeStats Engine::stats() const {
 
 bool Engine::quiescent() const {
   if (!exec_) return true;
-  return run_on<bool>(*exec_, [this] {
+  return run_on<bool>(env_, *exec_, [this] {
     bool inbox_empty;
     {
       std::lock_guard lock(inbox_mu_);
@@ -744,7 +738,7 @@ Result<std::vector<ParkedMessage>> Engine::parked() {
 Status Engine::redrive(const std::string& id) {
   auto key = unhex(id);
   if (!key || key->rfind(rows::kParkedPrefix, 0) != 0) return Status::invalid_argument("not a parked message id: " + id);
-  return run_on<Status>(*exec_, [&]() -> Status {
+  return run_on<Status>(env_, *exec_, [&]() -> Status {
     Status s;
     auto row = view_->get(Cf::kMeta, *key);
     if (!row) {

@@ -44,6 +44,11 @@ inline constexpr int kFencedExitCode = 75;
 // Relaxed groups of at most this many transitions are written on the engine thread.
 inline constexpr size_t kInlineCommit = 32;
 
+// Opens a node's store. The default opener is RocksDB at so.path (creating the directory);
+// the simulator supplies an in-memory one.
+using StoreOpener = std::function<Result<std::unique_ptr<partition::Store>>(const partition::StoreOptions&)>;
+Result<std::unique_ptr<partition::Store>> open_rocks_store(const partition::StoreOptions& so);
+
 class Engine final : public messaging::Inbound {
  public:
   Engine(Env& env, const Registry& registry, NodeOptions opts);
@@ -73,6 +78,8 @@ class Engine final : public messaging::Inbound {
   // and the process stops without writing the group (crash-only: the senders retry, and the
   // restarted node learns the current map). Call before start(); `fence` must be thread-safe.
   void set_fence(std::function<Status(const std::vector<EntityRef>&)> fence) { fence_ = std::move(fence); }
+  // Where the store comes from. Call before start().
+  void set_store_opener(StoreOpener open) { open_store_ = std::move(open); }
 
   // ---- partition moves (blocking; call from a thread that is not the engine's) ----
   // Waits until every transition that ran before this call is committed.
@@ -154,6 +161,7 @@ class Engine final : public messaging::Inbound {
   std::function<bool(const EntityRef&)> hosts_;  // unset: this node hosts every registered type
   std::function<bool(const EntityRef&)> frozen_;
   std::function<Status(const std::vector<EntityRef>&)> fence_;
+  StoreOpener open_store_ = open_rocks_store;
   void touch(const EntityRef& ref) {
     if (fence_ && (open_.touched.empty() || !(open_.touched.back() == ref))) open_.touched.push_back(ref);
   }

@@ -7,7 +7,11 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+
+#include <tandem/core/net.h>
 
 namespace tandem {
 
@@ -49,15 +53,62 @@ class Executor {
   virtual bool in_this_thread() const = 0;
 };
 
+// A flag one thread waits for and another sets. Thread-safe.
+class Event {
+ public:
+  virtual ~Event() = default;
+  virtual void set() = 0;
+  // Waits until set() was called or `timeout_us` passed (< 0: no limit); true when set. A
+  // simulator runs the other tasks of the simulation meanwhile.
+  virtual bool wait_us(int64_t timeout_us) = 0;
+};
+
 class Env {
  public:
   virtual ~Env() = default;
   virtual Clock& clock() = 0;
+  // Every blocking wait of the runtime goes through an Event (see Handoff).
+  virtual std::shared_ptr<Event> make_event() = 0;
+  // The TCP network seam (a simulator connects its nodes in memory).
+  virtual std::unique_ptr<net::Network> make_network() = 0;
+  // Stops this process at once, crash-only (a refused fence). The real Env exits with `code`;
+  // a simulator kills the simulated node (cut off from network and disk) and returns.
+  virtual void stop_process(int code) = 0;
   // A new seed for a per-executor Random.
   virtual uint64_t seed() = 0;
   // A new serial executor on its own thread (real Env) or on the simulator's loop.
   // The Executor stops and joins when destroyed; tasks still queued are dropped.
   virtual std::unique_ptr<Executor> make_executor(const std::string& name) = 0;
+};
+
+// A value handed from a callback on one thread to a caller waiting on another. Copies share
+// one slot (callbacks capture it by value); the first set() wins.
+template <class T>
+class Handoff {
+ public:
+  explicit Handoff(Env& env) : s_(std::make_shared<State>()) { s_->event = env.make_event(); }
+  void set(T v) const {
+    {
+      std::lock_guard lock(s_->mu);
+      if (s_->value) return;
+      s_->value.emplace(std::move(v));
+    }
+    s_->event->set();
+  }
+  // The value, or nullopt when `timeout_us` passed first (< 0: waits without limit).
+  std::optional<T> wait_us(int64_t timeout_us) const {
+    s_->event->wait_us(timeout_us);
+    std::lock_guard lock(s_->mu);
+    return std::move(s_->value);
+  }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::optional<T> value;
+    std::shared_ptr<Event> event;
+  };
+  std::shared_ptr<State> s_;
 };
 
 // The production Env: system clocks, a random-device seed, Asio executors on threads.

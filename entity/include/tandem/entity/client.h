@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include <tandem/core/env.h>
 #include <tandem/entity/gateway.h>
 
 namespace tandem::entity {
@@ -19,6 +20,7 @@ class Client final : public Gateway {
     std::string role = "client";   // "admin" for tandemctl
     int64_t call_deadline_ms = 120'000;
     int64_t connect_timeout_ms = 30'000;  // keep trying the nodes this long before giving up
+    Env* env = nullptr;  // borrowed; unset: the client's own real Env (threads, clocks, sockets)
   };
   // Connects to the first node that answers (trying them in turn for up to connect_timeout_ms)
   // and fetches the partition map.
