@@ -270,6 +270,17 @@ Status Client::for_each_state(const std::string& type, const std::function<void(
   }
 }
 
+void Client::request_async(uint32_t node, const std::string& method, std::string body,
+                           std::function<void(Result<std::string>)> done) {
+  impl_->with_session(node, [method, body = std::move(body), done = std::move(done)](Result<std::shared_ptr<Session>> s) mutable {
+    if (!s) return done(s.status());
+    (*s)->request(method, std::move(body), [done](Status st, std::string b) {
+      if (!st) return done(st);
+      done(std::move(b));
+    });
+  });
+}
+
 Result<bool> Client::quiescent() {
   for (auto id : node_ids()) {
     auto r = impl_->request_retrying(id, "quiescent", "");

@@ -330,10 +330,20 @@ Status ClusterNode::start() {
   } else if (self_.id == controller_) {
     TANDEM_TRY(engine_->release(ranges_of(not_mine())));
     ctl_exec_->post([this] { take_control(); });
+  } else {
+    check_map_periodically();
   }
   log::info("node {} serving on {} (metrics on http://{}/metrics), data {}, durability {}, metadata {}", self_.id,
             self_.addr.to_string(), self_.admin.to_string(), opts_.data_dir, opts_.durability, config_.meta);
   return Status::ok();
+}
+
+void ClusterNode::check_map_periodically() {
+  net_->after(kMapCheckMs, [this] {
+    if (stopping_) return;
+    refresh_map_async();
+    check_map_periodically();
+  });
 }
 
 void ClusterNode::take_control() {

@@ -51,6 +51,11 @@ class ClusterNode {
   // Fetches the map from the controller in the background (at most every 200 ms) and adopts it
   // when its epoch is newer: called when a peer answers `moved`.
   void refresh_map_async();
+  // Embedded metadata, nodes other than the controller: ask for the map every kMapCheckMs, so
+  // a node that missed a change's announcement (down or cut off then) converges even when no
+  // message of its reaches a moved partition.
+  static constexpr int64_t kMapCheckMs = 2'000;
+  void check_map_periodically();
   bool owns(const EntityRef& ref) const;
   bool frozen(const EntityRef& ref) const;
   // ---- moves and splits ----

@@ -64,6 +64,12 @@ void WriteBatch::del_range(Cf cf, std::string_view begin, std::string_view end) 
 }
 size_t WriteBatch::count() const { return rep_->ops.size(); }
 size_t WriteBatch::bytes() const { return rep_->bytes; }
+void WriteBatch::for_each(const std::function<void(const Op&)>& fn) const {
+  for (auto& op : rep_->ops) {
+    auto kind = op.range ? Op::Kind::kDelRange : op.del ? Op::Kind::kDel : Op::Kind::kPut;
+    fn(Op{kind, op.cf, op.key, op.value});
+  }
+}
 void WriteBatch::clear() {
   rep_->ops.clear();
   rep_->bytes = 0;

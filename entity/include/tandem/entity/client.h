@@ -40,6 +40,9 @@ class Client final : public Gateway {
 
   // One request to one node (tandemctl). Blocks up to `timeout_ms`.
   Result<std::string> request(uint32_t node, const std::string& method, std::string body, int64_t timeout_ms = 10'000);
+  // The same without waiting: `done` runs on the client's network thread with the answer.
+  void request_async(uint32_t node, const std::string& method, std::string body,
+                     std::function<void(Result<std::string>)> done);
   // Fetches the map again (after a move or split).
   void refresh();
   // Counters from the partition map's history.

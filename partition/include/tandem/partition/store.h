@@ -50,6 +50,14 @@ class WriteBatch {
   size_t count() const;
   size_t bytes() const;
   void clear();
+  // The writes in order (an in-memory store applies them).
+  struct Op {
+    enum class Kind : uint8_t { kPut, kDel, kDelRange } kind;
+    Cf cf;
+    std::string_view key;
+    std::string_view value;  // the value of a put; the end of a range delete
+  };
+  void for_each(const std::function<void(const Op&)>& fn) const;
 
  private:
   friend class RocksStore;
