@@ -1,12 +1,14 @@
 #include "cluster.h"
 
 #include <condition_variable>
+#include <unordered_map>
 #include <future>
 #include <sstream>
 #include <thread>
 
 #include <tandem/core/bytes.h>
 #include <tandem/core/crash_point.h>
+#include <tandem/core/sometimes.h>
 #include <tandem/core/crypto.h>
 #include <charconv>
 #include <tandem/core/key_codec.h>
@@ -44,7 +46,7 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
     }
     with_session(owner, [this, env, ack = std::move(ack)](Result<std::shared_ptr<Session>> s) mutable {
       if (!s) return ack(s.status());
-      (*s)->deliver(env, watch(std::move(ack)));
+      (*s)->deliver(env, watch(env, std::move(ack)));
     });
   }
 
@@ -57,9 +59,21 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
   }
 
   // A `moved` answer means our map is stale: refresh it; the relay's retry then re-routes.
-  AckFn watch(AckFn ack) {
-    return [this, ack = std::move(ack)](Status s) {
-      if (!s && s.message().rfind("moved", 0) == 0) node_.refresh_map_async();
+  // Envelopes answered `moved` more than once form a forward chain (counted for the simulator).
+  AckFn watch(const Envelope& env, AckFn ack) {
+    return [this, id = env.from.to_string() + "|" + env.to.to_string() + "|" + std::to_string(env.seq),
+            ack = std::move(ack)](Status s) {
+      bool moved = !s && s.message().rfind("moved", 0) == 0;
+      if (moved) node_.refresh_map_async();
+      {
+        std::lock_guard lock(mu_);
+        if (moved) {
+          if (++moved_[id] == 2) sometimes(Sometimes::kForwardChain);
+          if (moved_.size() > 10'000) moved_.clear();
+        } else if (!moved_.empty()) {
+          moved_.erase(id);
+        }
+      }
       ack(std::move(s));
     };
   }
@@ -157,6 +171,7 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
   ClusterNode& node_;
   std::mutex mu_;
   std::map<uint32_t, Peer> peers_;
+  std::unordered_map<std::string, int> moved_;  // under mu_: envelope -> moved answers
 };
 
 ClusterNode::ClusterNode(Env& env, const Registry& registry, partition::ClusterConfig config, uint32_t node_id,
@@ -729,7 +744,17 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
   progress(what + ": freezing at node " + std::to_string(from));
   auto abort = [&](const Status& why) -> Status {
     log::warn("move of partition {} aborted: {}", pid, why.to_string());
-    call_node(from, "unfreeze", ByteWriter().varint(pid).take()).status().ignore_error("best effort; the node re-checks");
+    // The source must thaw, or the partition's messages wait forever. Until it answers (it is
+    // cut off, or stopped), no other move starts here (ctl_busy_), so this unfreeze cannot
+    // overtake a later move's freeze. A source that restarts has forgotten the freeze anyway.
+    for (int attempt = 0;; ++attempt) {
+      auto r = call_node(from, "unfreeze", ByteWriter().varint(pid).take());
+      if (r || stopping_) break;
+      if (attempt == 0)
+        log::warn("move of partition {}: node {} did not take the unfreeze ({}); retrying until it does", pid, from,
+                  r.status().message());
+      env_.clock().sleep_us(std::min<int64_t>(200'000LL << std::min(attempt, 5), 5'000'000));
+    }
     call_node(to, "drop", ByteWriter().varint(pid).take()).status().ignore_error("best effort");
     return Status::unavailable("move aborted, partition " + std::to_string(pid) + " stays on node " + std::to_string(from) +
                                ": " + why.message());

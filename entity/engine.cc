@@ -9,6 +9,7 @@
 #include <thread>
 
 #include <tandem/core/crash_point.h>
+#include <tandem/core/sometimes.h>
 #include <tandem/core/key_codec.h>
 #include <tandem/core/log.h>
 
@@ -124,7 +125,13 @@ Status Engine::start() {
     faulty_transport_ = std::make_unique<messaging::FaultyTransport>(*local_transport_, *fault_exec_, fo);
     transport_ = faulty_transport_.get();
   }
-  routing_ = std::make_unique<RoutingTransport>(*this, *transport_, remote_transport_);
+  messaging::Transport* remote = remote_transport_;
+  if (fo.any() && remote) {  // deliveries to other nodes pass through the same faults
+    fo.seed = fo.seed * 0x9E3779B97F4A7C15ull + 1;
+    faulty_remote_ = std::make_unique<messaging::FaultyTransport>(*remote, *fault_exec_, fo);
+    remote = faulty_remote_.get();
+  }
+  routing_ = std::make_unique<RoutingTransport>(*this, *transport_, remote);
   messaging::RelayOptions ro;
   ro.ack_timeout_us = opts_.relay_ack_timeout_ms * 1000;
   ro.backoff_min_us = opts_.relay_backoff_min_ms * 1000;
@@ -189,6 +196,7 @@ void Engine::stop() {
   exec_.reset();
   relay_.reset();
   faulty_transport_.reset();
+  faulty_remote_.reset();
   routing_.reset();
   view_.reset();
   store_.reset();
@@ -349,8 +357,14 @@ void Engine::process(Work& w) {
       log::warn("refused {} from {} to {}: {}", messaging::kind_name(env.kind), env.from.to_string(),
                 env.to.to_string(), t.reason());
       break;
-    case Transition::Result::kDuplicate: c_.duplicates++; break;
-    case Transition::Result::kApplied: c_.applied++; break;
+    case Transition::Result::kDuplicate:
+      c_.duplicates++;
+      if (arrived_by_move(env.to)) sometimes(Sometimes::kDuplicateAfterMove);
+      break;
+    case Transition::Result::kApplied:
+      c_.applied++;
+      if (env.kind == messaging::Kind::kOpResult && arrived_by_move(env.to)) sometimes(Sometimes::kReplyAfterRequesterMoved);
+      break;
   }
   if (w.timer_key.size()) TANDEM_CRASH_POINT("timer:fired_before_commit");
   auto& txn = t.txn();
@@ -443,6 +457,7 @@ Status Engine::load_timers(const std::vector<partition::KeyRange>& ranges) {
 
 Status Engine::adopt(const std::vector<partition::KeyRange>& ranges) {
   return run_on<Status>(env_, *exec_, [&]() -> Status {
+    arrived_.insert(arrived_.end(), ranges.begin(), ranges.end());
     for (auto& [b, e] : ranges) {
       view_->invalidate(b, e);
       TANDEM_TRY(store_->scan(Cf::kOutbox, b, e, [&](std::string_view k, std::string_view v) {
@@ -453,6 +468,12 @@ Status Engine::adopt(const std::vector<partition::KeyRange>& ranges) {
     c_.outbox_depth = relay_->depth();
     return load_timers(ranges);
   });
+}
+
+bool Engine::arrived_by_move(const EntityRef& ref) const {
+  if (arrived_.empty()) return false;
+  std::string k = placement_.entity_prefix(ref);
+  return std::any_of(arrived_.begin(), arrived_.end(), [&](auto& r) { return r.first <= k && (r.second.empty() || k < r.second); });
 }
 
 Status Engine::rearm(const std::vector<partition::KeyRange>& ranges) {

@@ -155,7 +155,7 @@ class Engine final : public messaging::Inbound {
   std::unique_ptr<Executor> commit_exec_;
   std::unique_ptr<Executor> fault_exec_;
   std::unique_ptr<messaging::LocalTransport> local_transport_;
-  std::unique_ptr<messaging::FaultyTransport> faulty_transport_;
+  std::unique_ptr<messaging::FaultyTransport> faulty_transport_, faulty_remote_;
   messaging::Transport* transport_ = nullptr;  // local delivery, possibly through faults
   messaging::Transport* remote_transport_ = nullptr;
   std::function<bool(const EntityRef&)> hosts_;  // unset: this node hosts every registered type
@@ -188,6 +188,9 @@ class Engine final : public messaging::Inbound {
   bool stopped_ = false;
   std::unordered_map<std::string, int> attempts_;
   uint64_t timer_ids_ = 0;
+  // Key ranges that arrived by a move since start (for the simulator's "sometimes" counts).
+  std::vector<partition::KeyRange> arrived_;
+  bool arrived_by_move(const EntityRef& ref) const;
 
   std::atomic<bool> running_{false};  // calls are refused outside start() .. stop()
   mutable std::mutex calls_mu_;

@@ -6,6 +6,7 @@
 #include <kj/exception.h>
 
 #include <tandem/core/key_codec.h>
+#include <tandem/core/sometimes.h>
 
 #include "engine.h"
 #include "row_keys.h"
@@ -323,6 +324,7 @@ void Transition::decide_group(uint64_t id, EscrowGroup& g) {
   } else if (g.state == S::kConfirming) {
     if (any([](auto& o) { return is_cancelled(o.status); })) {
       g.state = S::kBroken;
+      sometimes(Sometimes::kExpiryRacesConfirm);
       finish_group(id, EscrowResult::Outcome::kBroken, "a provider expired an operation before the confirm");
     } else if (all([](auto& o) { return o.status == OpStatus::kConfirmed; })) {
       g.state = S::kConfirmed;

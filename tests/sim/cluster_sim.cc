@@ -51,14 +51,14 @@ struct Profile {  // the swarm: which faults this seed uses, and how often (per 
   double kill = 0, power_cut = 0, pause = 0, partition = 0, move = 0, split = 0;
   double reset = 0, env_drop = 0, env_dup = 0, env_delay = 0;
   int64_t max_offset_ms = 0;
-  bool relaxed = false;
+  bool relaxed = false, short_grace = false;
   std::string describe() const {
     char b[256];
     std::snprintf(b, sizeof b,
                   "kill=%.2f power_cut=%.2f pause=%.2f partition=%.2f move=%.2f split=%.2f reset=%.3f drop=%.2f dup=%.2f "
-                  "delay=%.2f offset=%lldms durability=%s",
+                  "delay=%.2f offset=%lldms durability=%s grace=%s",
                   kill, power_cut, pause, partition, move, split, reset, env_drop, env_dup, env_delay,
-                  static_cast<long long>(max_offset_ms), relaxed ? "relaxed" : "strict");
+                  static_cast<long long>(max_offset_ms), relaxed ? "relaxed" : "strict", short_grace ? "short" : "normal");
     return b;
   }
 };
@@ -77,6 +77,7 @@ Profile draw_profile(Random& r) {
   p.env_delay = maybe(0.4, 0.30);
   p.max_offset_ms = r.chance(0.5) ? static_cast<int64_t>(r.uniform(200)) : 0;
   p.relaxed = r.chance(0.3);
+  p.short_grace = r.chance(0.3);
   // A power cut loses unsynced writes: only strict durability promises to survive it.
   p.power_cut = p.relaxed ? 0 : maybe(0.6, 0.5);
   return p;
@@ -124,7 +125,9 @@ class Cluster {
     no.relay_ack_timeout_ms = 100 + static_cast<int64_t>(w_.rng().uniform(1500));
     no.relay_backoff_min_ms = 1 + static_cast<int64_t>(w_.rng().uniform(20));
     no.relay_backoff_max_ms = 200 + static_cast<int64_t>(w_.rng().uniform(1500));
-    no.op_grace_ms = 2'000 + static_cast<int64_t>(w_.rng().uniform(10'000));
+    // A short grace makes a provider's expiry race the requester's confirm (BROKEN orders).
+    no.op_grace_ms = p_.short_grace ? 500 + static_cast<int64_t>(w_.rng().uniform(1'500))
+                                    : 2'000 + static_cast<int64_t>(w_.rng().uniform(10'000));
     no.faults.drop = p_.env_drop;
     no.faults.duplicate = p_.env_dup;
     no.faults.delay = p_.env_delay;
@@ -180,6 +183,56 @@ struct OrderTrack {
 
 std::string order_key(int i) { return "order-" + std::to_string(i); }
 std::string item_key(int i) { return "sku-" + std::to_string(i); }
+
+// The reservation invariant, read back from every store through the client. An order may end
+// BROKEN (a provider expired its operation before the confirm came: an outage longer than the
+// grace); its lines are each either sold or returned, so an item's sold count lies between
+// what its confirmed orders hold and that plus its broken orders' lines.
+template <class Violation>
+void check_stores(entity::Client& cl, const SimOptions& o, const std::vector<OrderTrack>& orders, SimResult& res,
+                  Violation&& violation) {
+  struct ItemRow {
+    uint64_t initial, stock, reserved, sold;
+  };
+  std::map<std::string, ItemRow> items;
+  auto s = cl.for_each_state("item", [&](const std::string& key, entity::Payload& p) {
+    auto r = p.get<::ItemState>();
+    items[key] = {r.getInitial(), r.getStock(), r.getReserved(), r.getSold()};
+  });
+  if (!s) return violation("reading items: " + s.to_string());
+  std::map<std::string, int> status;
+  std::map<std::string, uint64_t> sold_min, broken_lines;
+  s = cl.for_each_state("order", [&](const std::string& key, entity::Payload& p) {
+    auto r = p.get<::OrderState>();
+    status[key] = static_cast<int>(r.getStatus());
+    for (auto line : r.getLines()) {
+      if (r.getStatus() == ::OrderStatus::CONFIRMED) sold_min[line.getItem().cStr()] += line.getQty();
+      if (r.getStatus() == ::OrderStatus::BROKEN) broken_lines[line.getItem().cStr()] += line.getQty();
+    }
+  });
+  if (!s) return violation("reading orders: " + s.to_string());
+  if (items.size() != static_cast<size_t>(o.items)) violation(std::to_string(items.size()) + " items stored");
+  if (status.size() != static_cast<size_t>(o.orders)) violation(std::to_string(status.size()) + " orders stored");
+  for (auto& [key, it] : items) {
+    if (it.stock + it.reserved + it.sold != it.initial) violation("item " + key + ": stock+reserved+sold != initial");
+    if (it.reserved != 0) violation("item " + key + ": " + std::to_string(it.reserved) + " still reserved");
+    if (it.sold < sold_min[key] || it.sold > sold_min[key] + broken_lines[key])
+      violation("item " + key + ": sold " + std::to_string(it.sold) + " but confirmed orders hold " +
+                std::to_string(sold_min[key]) + " (+" + std::to_string(broken_lines[key]) + " in broken ones)");
+  }
+  for (int i = 0; i < o.orders; ++i) {
+    auto st = status[order_key(i)];
+    if (st == static_cast<int>(::OrderStatus::CONFIRMED)) ++res.confirmed;
+    else if (st == static_cast<int>(::OrderStatus::CANCELLED)) ++res.cancelled;
+    else if (st == static_cast<int>(::OrderStatus::BROKEN)) ++res.faults["broken_order"];
+    else violation(order_key(i) + " is not terminal (status " + std::to_string(st) + ")");
+    for (int a : orders[static_cast<size_t>(i)].answers)
+      if (a != st) violation(order_key(i) + " was answered " + std::to_string(a) + " but is stored as " + std::to_string(st));
+  }
+  auto parked = cl.parked_count();
+  if (!parked) violation("reading parked messages: " + parked.status().to_string());
+  else if (*parked) violation(std::to_string(*parked) + " parked messages");
+}
 
 }  // namespace
 
@@ -401,28 +454,7 @@ SimResult run_seed(const SimOptions& o) {
     if (!quiet) w.run_until([] { return false; }, w.now() + 500'000);
   }
   if (!quiet) violation("no quiescence within " + std::to_string(o.heal_limit_ms / 1000) + " s after healing");
-  if (res.violations.empty()) {
-    reservation::DemoOptions d;
-    d.orders = static_cast<uint64_t>(o.orders);
-    d.items = static_cast<uint64_t>(o.items);
-    d.order_prefix = "order-";
-    reservation::DemoResult counts;
-    auto inv = reservation::check_invariant(cl, d, &counts);
-    if (inv != "ok") violation("invariant: " + inv);
-    res.confirmed = counts.confirmed;
-    res.cancelled = counts.cancelled;
-    // What the client was told must be what the stores hold.
-    std::map<std::string, int> final_status;
-    auto s = cl.for_each_state("order", [&](const std::string& key, entity::Payload& pl) {
-      final_status[key] = static_cast<int>(pl.get<::OrderState>().getStatus());
-    });
-    if (!s) violation("reading orders: " + s.to_string());
-    for (int i = 0; s && i < o.orders; ++i)
-      for (int a : orders[static_cast<size_t>(i)].answers)
-        if (a != final_status[order_key(i)])
-          violation(order_key(i) + " was answered " + std::to_string(a) + " but is stored as " +
-                    std::to_string(final_status[order_key(i)]));
-  }
+  if (res.violations.empty()) check_stores(cl, o, orders, res, violation);
   SAY("done: %zu violations, %llu confirmed, %llu cancelled", res.violations.size(),
       static_cast<unsigned long long>(res.confirmed), static_cast<unsigned long long>(res.cancelled));
   c.client_.reset();
