@@ -51,11 +51,6 @@ void asan_finish(void*, const void**, size_t*) {}
 }  // namespace
 
 World::World(uint64_t seed) : rng_(seed) { main_ctx_ = new ucontext_t; }
-World::~World() {
-  if (!waiting_.empty())
-    std::fprintf(stderr, "simulation: %zu tasks still waiting at the end of the run\n", waiting_.size());
-  delete static_cast<ucontext_t*>(main_ctx_);
-}
 
 void World::fiber_entry() {
   World* w = g_world;
@@ -317,6 +312,10 @@ class SimConn final : public net::Connection, public std::enable_shared_from_thi
     if (p) p->reset(why);
   }
   uint32_t proc() const { return proc_; }
+  void forget_callbacks() {
+    on_data_ = nullptr;
+    on_close_ = nullptr;
+  }
   std::weak_ptr<SimConn> peer_;
   uint32_t peer_node_ = 0;
 
@@ -480,6 +479,17 @@ void World::kill(uint32_t proc) {
     live.push_back(c);
   }
   conns_ = std::move(live);
+}
+
+World::~World() {
+  if (!waiting_.empty())
+    std::fprintf(stderr, "simulation: %zu tasks still waiting at the end of the run\n", waiting_.size());
+  // A connection's callbacks hold its session, which holds the connection: a connection
+  // whose close notice never ran (its network stopped first) would keep both alive.
+  for (auto& c : conns_)
+    if (auto s = c.lock()) s->forget_callbacks();
+  queue_.clear();
+  delete static_cast<ucontext_t*>(main_ctx_);
 }
 
 // ---------------------------------------------------------------------------------------
