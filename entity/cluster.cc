@@ -279,6 +279,10 @@ Status ClusterNode::start() {
   auto secret = config_.read_secret();
   if (!secret) return secret.status();
   secret_ = *secret;
+  if (config_.insecure_dev)
+    log::warn("node {}: INSECURE: the cluster config says insecure-dev, so its secret is public and anyone who can "
+              "reach this node can send it messages and admin commands; never use it beyond a throwaway local cluster",
+              self_.id);
   for (auto& t : config_.types)
     if (!registry_.find(t.name))
       return Status::invalid_argument("the config lists entity type '" + t.name + "' that this binary does not register");
@@ -351,6 +355,19 @@ Status ClusterNode::start() {
   log::info("node {} serving on {} (metrics on http://{}/metrics), data {}, durability {}, metadata {}", self_.id,
             self_.addr.to_string(), self_.admin.to_string(), opts_.data_dir, opts_.durability, config_.meta);
   return Status::ok();
+}
+
+void ClusterNode::finish_abort() {
+  if (!unfreeze_pending_) return;
+  auto [pid, from] = *unfreeze_pending_;
+  unfreeze_pending_.reset();
+  for (int attempt = 1; !stopping_ && controller_.load() == self_.id; ++attempt) {
+    env_.clock().sleep_us(std::min<int64_t>(200'000LL << std::min(attempt, 5), 5'000'000));
+    if (call_node(from, "unfreeze", ByteWriter().varint(pid).take())) {
+      log::info("move of partition {}: node {} took the unfreeze", pid, from);
+      return;
+    }
+  }
 }
 
 void ClusterNode::check_map_periodically() {
@@ -744,16 +761,13 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
   progress(what + ": freezing at node " + std::to_string(from));
   auto abort = [&](const Status& why) -> Status {
     log::warn("move of partition {} aborted: {}", pid, why.to_string());
-    // The source must thaw, or the partition's messages wait forever. Until it answers (it is
-    // cut off, or stopped), no other move starts here (ctl_busy_), so this unfreeze cannot
-    // overtake a later move's freeze. A source that restarts has forgotten the freeze anyway.
-    for (int attempt = 0;; ++attempt) {
-      auto r = call_node(from, "unfreeze", ByteWriter().varint(pid).take());
-      if (r || stopping_) break;
-      if (attempt == 0)
-        log::warn("move of partition {}: node {} did not take the unfreeze ({}); retrying until it does", pid, from,
-                  r.status().message());
-      env_.clock().sleep_us(std::min<int64_t>(200'000LL << std::min(attempt, 5), 5'000'000));
+    // The source must thaw, or the partition's messages wait forever. When it does not answer
+    // now (cut off, stopped), the controller task retries after answering the caller
+    // (finish_abort), still holding ctl_busy_, so no later move's freeze can be overtaken.
+    if (auto r = call_node(from, "unfreeze", ByteWriter().varint(pid).take()); !r) {
+      log::warn("move of partition {}: node {} did not take the unfreeze ({}); retrying until it does", pid, from,
+                r.status().message());
+      unfreeze_pending_ = {pid, from};
     }
     call_node(to, "drop", ByteWriter().varint(pid).take()).status().ignore_error("best effort");
     return Status::unavailable("move aborted, partition " + std::to_string(pid) + " stays on node " + std::to_string(from) +
@@ -997,8 +1011,9 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
       } else {
         out = split(static_cast<uint32_t>(*pid), *arg);
       }
-      if (!out) return respond(out.status(), {});
-      respond(Status::ok(), std::move(*out));
+      if (!out) respond(out.status(), {});
+      else respond(Status::ok(), std::move(*out));
+      finish_abort();
     });
     return;
   }

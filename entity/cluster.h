@@ -56,6 +56,10 @@ class ClusterNode {
   // message of its reaches a moved partition.
   static constexpr int64_t kMapCheckMs = 2'000;
   void check_map_periodically();
+  // A move aborted while its source did not take the unfreeze: retried after the answer, on
+  // ctl_exec_, until the source takes it (or this node stops being the controller).
+  std::optional<std::pair<uint32_t, uint32_t>> unfreeze_pending_;  // ctl_exec_ only: (partition, source)
+  void finish_abort();
   bool owns(const EntityRef& ref) const;
   bool frozen(const EntityRef& ref) const;
   // ---- moves and splits ----

@@ -365,6 +365,7 @@ Result<ClusterConfig> ClusterConfig::load(const std::string& path) {
 }
 
 Result<std::string> ClusterConfig::read_secret() const {
+  if (insecure_dev) return std::string(kInsecureDevSecret);
   std::string p = secret_file.empty() || secret_file[0] == '/' ? secret_file : dir + "/" + secret_file;
   std::ifstream in(p);
   if (!in) return Status::invalid_argument("cannot read the cluster secret file '" + p + "'");
@@ -396,6 +397,8 @@ Result<ClusterConfig> ClusterConfig::parse(std::string_view text, const std::str
     if (w.empty()) continue;
     if (w[0] == "secret-file" && w.size() == 2) {
       c.secret_file = w[1];
+    } else if (w[0] == "insecure-dev" && w.size() == 1) {
+      c.insecure_dev = true;
     } else if (w[0] == "durability" && w.size() == 2) {
       if (w[1] != "strict" && w[1] != "relaxed") return err("durability must be strict or relaxed");
       c.durability = w[1];
@@ -463,7 +466,12 @@ Result<ClusterConfig> ClusterConfig::parse(std::string_view text, const std::str
     }
   }
   if (c.nodes.empty()) return Status::invalid_argument("cluster config lists no nodes");
-  if (c.secret_file.empty()) return Status::invalid_argument("cluster config names no secret-file");
+  if (c.insecure_dev && !c.secret_file.empty())
+    return Status::invalid_argument("cluster config has both secret-file and insecure-dev: choose one");
+  if (c.secret_file.empty() && !c.insecure_dev)
+    return Status::invalid_argument("cluster config names no secret-file (every node needs the cluster secret; a "
+                                    "throwaway local cluster may say `insecure-dev` instead, which uses a fixed, "
+                                    "public secret)");
   return c;
 }
 

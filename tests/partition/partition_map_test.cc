@@ -87,3 +87,21 @@ TEST_CASE("a missing or short secret is refused") {
   REQUIRE(c.is_ok());
   CHECK(c->read_secret().status().message().find("cannot read the cluster secret file") != std::string::npos);
 }
+
+TEST_CASE("a config without a secret is refused unless it says insecure-dev") {
+  const std::string node = "node 1 127.0.0.1:1 admin 127.0.0.1:2 data d\n";
+  auto none = ClusterConfig::parse(node, "/");
+  REQUIRE_FALSE(none.is_ok());
+  CHECK(none.status().message().find("names no secret-file") != std::string::npos);
+  CHECK(none.status().message().find("insecure-dev") != std::string::npos);
+  auto both = ClusterConfig::parse("secret-file s\ninsecure-dev\n" + node, "/");
+  REQUIRE_FALSE(both.is_ok());
+  CHECK(both.status().message().find("choose one") != std::string::npos);
+  CHECK_FALSE(ClusterConfig::parse("insecure-dev yes\n" + node, "/").is_ok());
+  auto dev = ClusterConfig::parse("insecure-dev\n" + node, "/");
+  REQUIRE(dev.is_ok());
+  CHECK(dev->insecure_dev);
+  auto secret = dev->read_secret();
+  REQUIRE(secret.is_ok());
+  CHECK(*secret == tandem::partition::kInsecureDevSecret);
+}

@@ -80,9 +80,13 @@ class PartitionMap {
   static Result<PartitionMap> decode(std::string_view bytes);
 };
 
+// The secret of an `insecure-dev` cluster: public, so anyone who can reach a node can talk to it.
+inline constexpr std::string_view kInsecureDevSecret = "tandem-insecure-dev-secret-do-not-use";
+
 struct ClusterConfig {
   std::string dir;  // the folder of the config file
   std::string secret_file;
+  bool insecure_dev = false;  // `insecure-dev`: no secret file; kInsecureDevSecret for a throwaway local cluster
   std::string durability = "strict";
   std::string meta = "embedded";  // the metadata store: embedded, or etcd://HOST:PORT[/PREFIX]
   // Backpressure caps (`limits calls=N outbox=N inbox=N`); 0 keeps the node's default.
