@@ -21,8 +21,5 @@ std::string_view sometimes_name(Sometimes s) {
 
 void sometimes(Sometimes s) { g_counts[static_cast<int>(s)].fetch_add(1, std::memory_order_relaxed); }
 uint64_t sometimes_count(Sometimes s) { return g_counts[static_cast<int>(s)].load(std::memory_order_relaxed); }
-void sometimes_reset() {
-  for (auto& c : g_counts) c.store(0, std::memory_order_relaxed);
-}
 
 }  // namespace tandem

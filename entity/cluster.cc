@@ -1,10 +1,7 @@
 #include "cluster.h"
 
-#include <condition_variable>
-#include <unordered_map>
-#include <future>
 #include <sstream>
-#include <thread>
+#include <unordered_map>
 
 #include <tandem/core/bytes.h>
 #include <tandem/core/crash_point.h>
@@ -59,20 +56,22 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
   }
 
   // A `moved` answer means our map is stale: refresh it; the relay's retry then re-routes.
-  // Envelopes answered `moved` more than once form a forward chain (counted for the simulator).
+  // Envelopes answered `moved` more than once form a forward chain (counted for the simulator;
+  // the map is touched only once a delivery was answered `moved`).
   AckFn watch(const Envelope& env, AckFn ack) {
-    return [this, id = env.from.to_string() + "|" + env.to.to_string() + "|" + std::to_string(env.seq),
-            ack = std::move(ack)](Status s) {
+    uint64_t id = keys::stable_hash(env.from.key) ^ (keys::stable_hash(env.to.key) * 0x9E3779B97F4A7C15ull) ^ env.seq;
+    return [this, id, ack = std::move(ack)](Status s) {
       bool moved = !s && s.message().rfind("moved", 0) == 0;
       if (moved) node_.refresh_map_async();
-      {
+      if (moved || any_moved_.load(std::memory_order_relaxed)) {
         std::lock_guard lock(mu_);
-        if (moved) {
-          if (++moved_[id] == 2) sometimes(Sometimes::kForwardChain);
-          if (moved_.size() > 10'000) moved_.clear();
-        } else if (!moved_.empty()) {
+        if (!moved) {
           moved_.erase(id);
+        } else if (++moved_[id] == 2) {
+          sometimes(Sometimes::kForwardChain);
         }
+        if (moved_.size() > 10'000) moved_.clear();
+        any_moved_ = !moved_.empty();
       }
       ack(std::move(s));
     };
@@ -171,7 +170,8 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
   ClusterNode& node_;
   std::mutex mu_;
   std::map<uint32_t, Peer> peers_;
-  std::unordered_map<std::string, int> moved_;  // under mu_: envelope -> moved answers
+  std::unordered_map<uint64_t, int> moved_;  // under mu_: envelope hash -> moved answers
+  std::atomic<bool> any_moved_{false};       // moved_ is not empty
 };
 
 ClusterNode::ClusterNode(Env& env, const Registry& registry, partition::ClusterConfig config, uint32_t node_id,
@@ -508,30 +508,23 @@ void ClusterNode::refresh_map_async() {
     });
     return;
   }
-  const partition::NodeInfo* c = config_.node(controller_.load());
-  if (!c || controller_.load() == self_.id) return;
-  messaging::SessionOptions o;
-  o.secret = secret_;
-  o.role = "node";
-  o.node_id = self_.id;
-  Session::connect(*net_, c->addr, o, {}, [this](Result<std::shared_ptr<Session>> s) {
-    if (!s) return;
-    auto session = *s;
-    session->request("map", "", [this, session](Status st, std::string body) {
-      session->close();
-      if (!st) return;
-      auto m = partition::PartitionMap::decode(body);
-      if (!m) return;
-      part_exec_->post([this, m = std::move(*m)]() mutable {
-        uint64_t from = 0, to = m.epoch;
-        {
-          std::lock_guard lock(map_mu_);
-          from = map_.epoch;
-        }
-        if (to <= from) return;
-        auto st = adopt_map(std::move(m));
-        log::info("node {}: partition map refreshed: epoch {} -> {}: {}", self_.id, from, to, st.to_string());
-      });
+  uint32_t c = controller_.load();
+  if (c == self_.id || !config_.node(c)) return;
+  // Over the session this node keeps to the controller anyway (the periodic check must not
+  // open a connection every time).
+  peers_->request(c, "map", "", [this](Status st, std::string body) {
+    if (!st) return;
+    auto m = partition::PartitionMap::decode(body);
+    if (!m) return;
+    part_exec_->post([this, m = std::move(*m)]() mutable {
+      uint64_t from = 0, to = m.epoch;
+      {
+        std::lock_guard lock(map_mu_);
+        from = map_.epoch;
+      }
+      if (to <= from) return;
+      auto st = adopt_map(std::move(m));
+      log::info("node {}: partition map refreshed: epoch {} -> {}: {}", self_.id, from, to, st.to_string());
     });
   });
 }

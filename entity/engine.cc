@@ -1,12 +1,10 @@
 #include "engine.h"
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
-#include <thread>
 
 #include <tandem/core/crash_point.h>
 #include <tandem/core/sometimes.h>

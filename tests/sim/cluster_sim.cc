@@ -9,11 +9,9 @@
 
 #include <tandem/core/bytes.h>
 #include <tandem/core/log.h>
-#include <tandem/core/sometimes.h>
 #include <tandem/entity/client.h>
 
 #include "cluster.h"
-#include "driver.h"
 #include "entities.h"
 #include "sim.h"
 
@@ -236,11 +234,6 @@ void check_stores(entity::Client& cl, const SimOptions& o, const std::vector<Ord
 
 }  // namespace
 
-std::vector<std::string> sometimes_names() {
-  std::vector<std::string> out;
-  for (int i = 0; i < static_cast<int>(Sometimes::kCount); ++i) out.emplace_back(sometimes_name(static_cast<Sometimes>(i)));
-  return out;
-}
 
 #define SAY(...)                                                                   \
   do {                                                                             \

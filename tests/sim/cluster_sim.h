@@ -41,7 +41,4 @@ struct SimResult {
 
 SimResult run_seed(const SimOptions& opts);
 
-// The "sometimes" properties: names of the hard cases a run reached (core/sometimes.h).
-std::vector<std::string> sometimes_names();
-
 }  // namespace tandem::sim

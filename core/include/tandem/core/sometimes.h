@@ -19,6 +19,5 @@ enum class Sometimes : uint8_t {
 std::string_view sometimes_name(Sometimes s);
 void sometimes(Sometimes s);
 uint64_t sometimes_count(Sometimes s);
-void sometimes_reset();
 
 }  // namespace tandem
