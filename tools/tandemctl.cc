@@ -1,6 +1,5 @@
 // tandemctl: the admin CLI of a Tandem cluster.
 #include <algorithm>
-#include <charconv>
 #include <cstdio>
 #include <future>
 #include <map>
@@ -9,33 +8,16 @@
 #include <vector>
 
 #include <tandem/core/bytes.h>
-#include <tandem/core/flags.h>
 #include <tandem/core/log.h>
-#include <tandem/core/net.h>
 #include <tandem/entity/client.h>
 #include <tandem/partition/partition_map.h>
 
+#include "admin_command.h"
+
 namespace {
 
-constexpr const char* kUsage =
-    "usage: tandemctl [--config FILE] [--json] [--node N] COMMAND [ARGS]\n"
-    "  status              every node: partitions, outbox depth, epoch, counters\n"
-    "  partitions          the partition map: type, range, owner\n"
-    "  controller          which node holds the controller role (moves, splits and the rest go there)\n"
-    "  inspect TYPE KEY    an entity: state, activities, operations, pending outbox rows\n"
-    "  parked              parked (poison) messages on every node\n"
-    "  redrive ID          run a parked message again\n"
-    "  move PARTITION NODE move a partition to a node (state, activities, operations, timers, outbox)\n"
-    "  split PARTITION [AT] split a partition: hash at a slot (default: the middle), range at a key\n"
-    "                      (default: the median key)\n"
-    "  merge PARTITION PARTITION  join two adjacent partitions of one type on one node\n"
-    "  rebalance [--dry-run] even out partitions over the nodes, one move at a time\n"
-    "  drain-node NODE     move every partition off a node; no partition moves to it afterwards\n"
-    "  add-node NODE ADDRESS ADMIN_ADDRESS  add a running node (started with a config that lists it)\n"
-    "  --config defaults to .tandem/cluster/cluster.conf; --node limits status and parked to one node.\n";
-
 int usage_error(const std::string& why) {
-  std::fprintf(stderr, "tandemctl: %s\n%s", why.c_str(), kUsage);
+  std::fprintf(stderr, "tandemctl: %s\n%s", why.c_str(), tandem::admin::kUsage);
   return 2;
 }
 
@@ -73,7 +55,10 @@ std::string printable(const std::string& s) { return tandem::EntityRef{"", s}.to
 
 // Sends a map-changing command to the controller and prints what it did. Moves can take a
 // while: up to 10 minutes.
-int to_controller(tandem::entity::Client& c, const std::string& method, std::string body, bool json) {
+int to_controller(tandem::entity::Client& c, const tandem::admin::Command& cmd) {
+  const std::string& method = cmd.method;
+  std::string body = cmd.body;
+  bool json = cmd.json;
   auto controller = c.controller();
   if (!controller) {
     std::fprintf(stderr, "tandemctl: no controller answered (%s); nothing changed\n", controller.status().message().c_str());
@@ -104,28 +89,21 @@ int to_controller(tandem::entity::Client& c, const std::string& method, std::str
 }  // namespace
 
 int main(int argc, char** argv) {
-  auto f = tandem::Flags::parse(argc, argv, 1, {"config", "node"}, {"json", "help", "dry-run"});
-  if (!f) return usage_error(f.status().message());
-  if (f->has("help")) {
-    std::fputs(kUsage, stdout);
+  auto parsed = tandem::admin::parse_command(argc, argv);
+  if (!parsed) return usage_error(parsed.status().message());
+  const tandem::admin::Command& command = *parsed;
+  if (command.help) {
+    std::fputs(tandem::admin::kUsage, stdout);
     return 0;
   }
   tandem::log::set_level("error");
-  auto& args = f->positional();
-  if (args.empty()) return usage_error("missing command");
-  const std::string& cmd = args[0];
-  static const std::map<std::string, size_t> kArity{{"status", 1}, {"partitions", 1}, {"inspect", 3}, {"parked", 1}, {"redrive", 2}, {"move", 3}, {"split", 2}, {"merge", 3}, {"rebalance", 1}, {"drain-node", 2}, {"add-node", 4}, {"controller", 1}};
-  auto ar = kArity.find(cmd);
-  if (ar == kArity.end()) return usage_error("unknown command '" + cmd + "'");
-  if (args.size() != ar->second && !(cmd == "split" && args.size() == 3))
-    return usage_error("'" + cmd + "' takes " + std::to_string(ar->second - 1) + " argument(s), got " +
-                       std::to_string(args.size() - 1));
-  bool json = f->has("json");
-  auto node_flag = f->u64("node", 0);
-  if (!node_flag) return usage_error(node_flag.status().message());
+  const std::string& cmd = command.name;
+  std::vector<std::string> args{cmd};
+  args.insert(args.end(), command.args.begin(), command.args.end());
+  bool json = command.json;
 
   tandem::entity::Client::Options o;
-  o.config_path = f->str("config", ".tandem/cluster/cluster.conf");
+  o.config_path = command.config;
   o.role = "admin";
   o.connect_timeout_ms = 3'000;  // an admin wants a prompt answer when the cluster is down
   auto client = tandem::entity::Client::connect(o);
@@ -136,14 +114,14 @@ int main(int argc, char** argv) {
   }
   auto& c = **client;
   std::vector<uint32_t> nodes = c.node_ids();
-  if (*node_flag) {
+  if (command.node) {
     bool known = false;
-    for (auto id : nodes) known |= id == *node_flag;
+    for (auto id : nodes) known |= id == command.node;
     if (!known) {
-      std::fprintf(stderr, "tandemctl: no node %llu in %s\n", static_cast<unsigned long long>(*node_flag), o.config_path.c_str());
+      std::fprintf(stderr, "tandemctl: no node %u in %s\n", command.node, o.config_path.c_str());
       return 1;
     }
-    nodes = {static_cast<uint32_t>(*node_flag)};
+    nodes = {command.node};
   }
 
   if (cmd == "status") {
@@ -269,16 +247,6 @@ int main(int argc, char** argv) {
     return failed ? 1 : 0;
   }
 
-  if (cmd == "add-node") {
-    uint64_t id = 0;
-    auto [p, ec] = std::from_chars(args[1].data(), args[1].data() + args[1].size(), id);
-    if (ec != std::errc() || p != args[1].data() + args[1].size() || id == 0 || id > UINT32_MAX)
-      return usage_error("NODE must be a node id, not '" + args[1] + "'");
-    for (auto* a : {&args[2], &args[3]})
-      if (auto e = tandem::net::Endpoint::parse(*a); !e) return usage_error(e.status().message());
-    return to_controller(c, "add-node", tandem::ByteWriter().varint(id).bytes(args[2] + " " + args[3]).take(), json);
-  }
-
   if (cmd == "controller") {
     auto ctl = c.controller();
     if (!ctl) {
@@ -290,44 +258,16 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  if (cmd == "rebalance" || cmd == "drain-node") {
-    std::string method = cmd == "rebalance" ? "rebalance" : "drain";
-    uint64_t arg = 0;
-    if (cmd == "rebalance") {
-      arg = f->has("dry-run") ? 1 : 0;
-    } else {
-      auto [p, ec] = std::from_chars(args[1].data(), args[1].data() + args[1].size(), arg);
-      if (ec != std::errc() || p != args[1].data() + args[1].size() || arg == 0)
-        return usage_error("NODE must be a node id, not '" + args[1] + "'");
-    }
-    return to_controller(c, method, tandem::ByteWriter().varint(arg).bytes("").take(), json);
-  }
-
-  if (cmd == "move" || cmd == "split" || cmd == "merge") {
-    uint64_t pid = 0;
-    auto [p, ec] = std::from_chars(args[1].data(), args[1].data() + args[1].size(), pid);
-    if (ec != std::errc() || p != args[1].data() + args[1].size() || pid == 0 || pid > UINT32_MAX)
-      return usage_error("PARTITION must be a partition id (tandemctl partitions lists them), not '" + args[1] + "'");
-    std::string arg = args.size() > 2 ? args[2] : "";
-    if (cmd == "merge") {
-      uint64_t other = 0;
-      auto [q, ec2] = std::from_chars(arg.data(), arg.data() + arg.size(), other);
-      if (ec2 != std::errc() || q != arg.data() + arg.size() || other == 0)
-        return usage_error("PARTITION must be a partition id, not '" + arg + "'");
-    }
+  if (!command.method.empty()) {  // move, split, merge, rebalance, drain-node, add-node
     if (cmd == "move") {
-      uint64_t to = 0;
-      auto [q, ec2] = std::from_chars(arg.data(), arg.data() + arg.size(), to);
-      if (ec2 != std::errc() || q != arg.data() + arg.size() || to == 0)
-        return usage_error("NODE must be a node id, not '" + arg + "'");
       bool known = false;
-      for (auto id : c.node_ids()) known |= id == to;
+      for (auto id : c.node_ids()) known |= id == command.target_node;
       if (!known) {
-        std::fprintf(stderr, "tandemctl: no node %s in %s; nothing changed\n", arg.c_str(), o.config_path.c_str());
+        std::fprintf(stderr, "tandemctl: no node %u in %s; nothing changed\n", command.target_node, o.config_path.c_str());
         return 1;
       }
     }
-    return to_controller(c, cmd, tandem::ByteWriter().varint(pid).bytes(arg).take(), json);
+    return to_controller(c, command);
   }
 
   if (cmd == "redrive") {

@@ -266,7 +266,7 @@ TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-
       {"inspect item", "'inspect' takes 2 argument(s), got 1"},
       {"redrive", "'redrive' takes 1 argument(s), got 0"},
       {"--node 9 status", "no node 9"},
-      {"--node x status", "expects a non-negative integer"},
+      {"--node x status", "--node expects a node id"},
       {"--bogus status", "unknown flag --bogus"},
       {"inspect ghost k", "unknown entity type 'ghost'"},
       {"redrive not-an-id", "not a parked message id"},
