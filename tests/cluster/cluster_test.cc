@@ -6,6 +6,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <future>
@@ -13,6 +14,8 @@
 #include <set>
 #include <sstream>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include <tandem/core/env.h>
 #include <tandem/core/net.h>
@@ -785,4 +788,154 @@ TEST_CASE("backpressure: a stopped node makes the others' outboxes stop at their
   CHECK(r.text.find(" busy=0") == std::string::npos);
   auto st = sh(c.ctl + "--json status");
   CHECK(st.text.find("\"outbox_depth\":0") != std::string::npos);
+}
+
+namespace {
+struct Part {
+  uint32_t id = 0, owner = 0;
+  std::string type, range;
+  uint64_t first_slot = 0;  // hash partitions: where the slots begin (the sort key)
+};
+
+// The partition map as tandemctl shows it (empty when no node answered).
+std::vector<Part> partitions_of(Cluster& c) {
+  auto r = sh(c.ctl + "--json partitions");
+  std::vector<Part> out;
+  if (r.code != 0) return out;
+  auto j = nlohmann::json::parse(r.text, nullptr, false);
+  if (j.is_discarded()) return out;
+  for (auto& p : j["partitions"]) {
+    Part x{p["id"].get<uint32_t>(), p["owner"].get<uint32_t>(), p["type"].get<std::string>(), p["range"].get<std::string>()};
+    if (x.range.rfind("slots ", 0) == 0) x.first_slot = std::stoull(x.range.substr(6));
+    out.push_back(x);
+  }
+  std::sort(out.begin(), out.end(), [](const Part& a, const Part& b) {
+    return std::tie(a.type, a.first_slot, a.range) < std::tie(b.type, b.first_slot, b.range);
+  });
+  return out;
+}
+
+struct StormTotals {
+  int rounds = 0, orders = 0, kills = 0, kills_in_moves = 0, pauses = 0, moves = 0, splits = 0, merges = 0, refused = 0, violations = 0;
+};
+
+// A tandemctl command that did not go through must say why (exit 1 and a "tandemctl:" line):
+// refused (already there, too small, not adjacent), or the controller or a node was down.
+bool changed(const Out& r, StormTotals& t) {
+  if (r.code == 0) return true;
+  ++t.refused;
+  INFO(r.text);
+  CHECK(r.code == 1);
+  CHECK(r.text.find("tandemctl: ") != std::string::npos);
+  return false;
+}
+}  // namespace
+
+TEST_CASE("kill/move storm: kill -9, pauses, moves, splits and merges while the demo runs, round after round") {
+  // TANDEM_STORM_SECONDS: how long to keep starting rounds (40 s by default; the soak run: 30 min).
+  const char* secs_env = std::getenv("TANDEM_STORM_SECONDS");
+  int seconds = secs_env ? std::max(1, std::atoi(secs_env)) : 40;
+  Cluster c;
+  std::mt19937 rnd(std::random_device{}());
+  StormTotals t;
+  auto start = std::chrono::steady_clock::now();
+  auto elapsed_s = [&] {
+    return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - start).count();
+  };
+  const int kOrders = 5000;
+  while (t.rounds == 0 || elapsed_s() < seconds) {
+    std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders " +
+                        std::to_string(kOrders) + " --items 300 --stock 100000 --concurrency 64 --order-prefix r" +
+                        std::to_string(t.rounds) + "-";
+    auto run = std::async(std::launch::async, [&] { return sh(drive); });
+    while (run.wait_for(std::chrono::milliseconds(150 + rnd() % 450)) != std::future_status::ready) {
+      int node = 1 + static_cast<int>(rnd() % 3);
+      uint32_t what = rnd() % 100;
+      if (what < 15) {  // kill -9 and restart
+        if (c.launcher("kill " + std::to_string(node)).code == 0) ++t.kills;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100 + rnd() % 400));
+        auto r = c.launcher("restart " + std::to_string(node));
+        INFO(r.text);
+        CHECK(r.code == 0);
+        continue;
+      }
+      if (what < 25) {  // SIGSTOP, then SIGCONT
+        if (c.launcher("stop " + std::to_string(node)).code == 0) ++t.pauses;
+        std::this_thread::sleep_for(std::chrono::milliseconds(300 + rnd() % 1200));
+        CHECK(c.launcher("cont " + std::to_string(node)).code == 0);
+        continue;
+      }
+      auto parts = partitions_of(c);
+      if (parts.empty()) continue;  // no controller answered just now
+      auto& p = parts[rnd() % parts.size()];
+      if (what < 65) {
+        // A quarter of the moves have a node killed while they run (any node: the source, the
+        // target, the controller or a bystander).
+        std::future<void> killer;
+        if (rnd() % 4 == 0) {
+          int victim = 1 + static_cast<int>(rnd() % 3);
+          int after_ms = static_cast<int>(rnd() % 300);
+          killer = std::async(std::launch::async, [&c, &t, victim, after_ms] {
+            std::this_thread::sleep_for(std::chrono::milliseconds(after_ms));
+            if (c.launcher("kill " + std::to_string(victim)).code == 0) ++t.kills_in_moves;
+          });
+        }
+        t.moves += changed(sh(c.ctl + "move " + std::to_string(p.id) + " " + std::to_string(node)), t);
+        if (killer.valid()) {
+          killer.get();
+          for (int n = 1; n <= 3; ++n)
+            if (c.launcher("status").text.find("node " + std::to_string(n) + "  127.0.0.1:" + std::to_string(c.port(n)) +
+                                               "  stopped") != std::string::npos)
+              CHECK(c.launcher("restart " + std::to_string(n)).code == 0);
+        }
+      } else if (what < 80 && parts.size() < 40) {
+        t.splits += changed(sh(c.ctl + "split " + std::to_string(p.id)), t);
+      } else {
+        // Two neighbours of one type: onto one node first, then joined.
+        size_t i = rnd() % parts.size();
+        if (i + 1 >= parts.size() || parts[i].type != parts[i + 1].type) continue;
+        if (parts[i].owner != parts[i + 1].owner) {
+          if (!changed(sh(c.ctl + "move " + std::to_string(parts[i + 1].id) + " " + std::to_string(parts[i].owner)), t))
+            continue;
+          ++t.moves;
+        }
+        t.merges += changed(sh(c.ctl + "merge " + std::to_string(parts[i].id) + " " + std::to_string(parts[i + 1].id)), t);
+      }
+    }
+    auto r = run.get();
+    t.orders += kOrders;
+    ++t.rounds;
+    bool ok = r.code == 0 && r.text.find("invariant=ok") != std::string::npos;
+    if (!ok) ++t.violations;
+    CAPTURE(t.rounds);
+    check_demo_ok(r);
+    // Quiet at the end of a round: every node serves, the outboxes drain, nothing is parked.
+    CHECK(tandem::testing::wait_until(
+        [&] {
+          auto st = sh(c.ctl + "--json status");
+          return st.code == 0 && st.text.find("\"outbox_depth\":0") != std::string::npos &&
+                 st.text.find("\"outbox_depth\":1") == std::string::npos && st.text.find("\"outbox_depth\":2") == std::string::npos;
+        },
+        std::chrono::seconds(60)));
+    CHECK(sh(c.ctl + "parked").text.find("no parked messages") != std::string::npos);
+    MESSAGE("STORM round " << t.rounds << " at " << elapsed_s() << " s: kills=" << t.kills << " pauses=" << t.pauses
+                           << " moves=" << t.moves << " splits=" << t.splits << " merges=" << t.merges);
+  }
+  // Orders of the first and the last round and of up to 3 others read back once more through
+  // the final map (each read checks every item against all confirmed orders).
+  std::set<int> sample{0, t.rounds - 1};
+  for (int i = 0; i < 3; ++i) sample.insert(static_cast<int>(rnd() % t.rounds));
+  for (int k : sample) {
+    auto again = sh(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders " +
+                    std::to_string(kOrders) + " --items 300 --stock 100000 --concurrency 64 --order-prefix r" +
+                    std::to_string(k) + "-");
+    if (again.code != 0 || again.text.find("invariant=ok") == std::string::npos) ++t.violations;
+    check_demo_ok(again);
+  }
+  MESSAGE("STORM seconds=" << elapsed_s() << " rounds=" << t.rounds << " orders=" << t.orders << " kills=" << t.kills
+                           << " kills_in_moves=" << t.kills_in_moves << " pauses=" << t.pauses << " moves=" << t.moves
+                           << " splits=" << t.splits << " merges=" << t.merges << " refused=" << t.refused << " violations=" << t.violations);
+  CHECK(t.violations == 0);
+  CHECK(t.kills + t.pauses >= 1);
+  CHECK(t.moves >= 1);
 }
