@@ -427,6 +427,13 @@ const partition::PartitionMap& ClusterNode::newest_locked(const std::shared_ptr<
   return newest && newest->epoch > map_.epoch ? *newest : map_;
 }
 
+std::vector<partition::KeyRange> ClusterNode::owned_ranges(const partition::PartitionMap& m) const {
+  std::vector<partition::KeyRange> out;
+  for (auto& p : m.partitions)
+    if (p.owner == self_.id) out.push_back(m.key_range(p));
+  return out;
+}
+
 std::vector<uint32_t> ClusterNode::not_mine() const {
   std::lock_guard lock(map_mu_);
   std::vector<uint32_t> out;
@@ -605,7 +612,17 @@ Status ClusterNode::adopt_map(partition::PartitionMap next) {
     }
   }
   TANDEM_TRY(persist_map(next));
+  // What this node gives up: the ranges its lost partitions had in the map it held, less what
+  // it owns in the new one. A node that missed a split still holds the partition whole; the
+  // half that stays here must not be deleted with the half that left.
   std::vector<partition::KeyRange> lost_ranges = ranges_of(lost);
+  if (!lost_ranges.empty()) {
+    auto kept = partition::subtract_ranges(lost_ranges, owned_ranges(next));
+    if (kept != lost_ranges)
+      log::warn("node {}: the map jumped to epoch {} past a split; keeping the rows of the partitions it still owns",
+                self_.id, next.epoch);
+    lost_ranges = std::move(kept);
+  }
   std::vector<partition::KeyRange> gained_ranges;
   for (auto id : gained) gained_ranges.push_back(next.key_range(*next.partition(id)));
   // Arrived partitions start (outbox rows, timers) before this node routes to them, so what
@@ -689,8 +706,13 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
     TANDEM_TRY(engine_->rearm(ranges));
     return std::string("unfrozen");
   }
-  if (method == "drop") {  // an aborted move's partial copy
-    TANDEM_TRY(engine_->release(ranges));
+  if (method == "drop") {  // an aborted move's partial copy, or a stale one before a move
+    // Never the rows of a partition this node owns (a map older than the controller's may see
+    // the partition whole where a split gave a half of it to this node).
+    auto stale = partition::subtract_ranges(ranges, owned_ranges(map_copy()));
+    if (stale != ranges)
+      log::warn("node {}: drop of partition {}: keeping the rows of partitions this node owns", self_.id, *pid);
+    TANDEM_TRY(engine_->release(stale));
     return std::string("dropped");
   }
   if (method == "median") {
@@ -766,6 +788,12 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
     return Status::unavailable("move aborted, partition " + std::to_string(pid) + " stays on node " + std::to_string(from) +
                                ": " + why.message());
   };
+  // Both ends first take the map this move starts from: a node that missed an announcement
+  // (a split, say) would otherwise freeze, copy or drop the partition's range as it was.
+  std::string current_enc = current.encode();
+  for (uint32_t n : {to, from})
+    if (auto u = call_node(n, "map-update", current_enc); !u)
+      return Status::unavailable("move refused: node " + std::to_string(n) + " is unreachable: " + u.status().message());
   // A stale copy at the target (an earlier move that died before its commit) must not mix in.
   if (auto d = call_node(to, "drop", ByteWriter().varint(pid).take()); !d)
     return Status::unavailable("move refused: node " + std::to_string(to) + " is unreachable: " + d.status().message());
@@ -1033,6 +1061,11 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
     return;
   }
   if (method == "status") return respond(Status::ok(), status_text());
+  if (method == "stages") {  // one line per stage: name, then Histogram::Snapshot::encode()
+    std::string out;
+    for (auto& [name, h] : engine_->stats().stages) out += name + " " + h.encode() + "\n";
+    return respond(Status::ok(), out);
+  }
   if (method == "quiescent") return respond(Status::ok(), engine_->quiescent() ? "1" : "0");
   if (method == "timers") return respond(Status::ok(), std::to_string(engine_->stats().timers));
   if (method == "scan") {
@@ -1183,6 +1216,23 @@ std::string ClusterNode::metrics_text() {
   metric("tandem_calls_pending", "gauge", "Client calls waiting for a reply.", static_cast<double>(s.inflight_calls));
   metric("tandem_busy_refusals_total", "counter", "Calls and deliveries refused at a backpressure cap.",
          static_cast<double>(s.busy));
+  // One histogram over the stages of a message (NodeStats::stages), in seconds; the buckets are
+  // microseconds up to each power of two (2^k - 1).
+  out << "# HELP tandem_stage_seconds Where a message's time goes: queue, durable, commit, handoff, relay.\n"
+      << "# TYPE tandem_stage_seconds histogram\n";
+  for (auto& [name, h] : s.stages) {
+    std::string labels = "node=\"" + std::to_string(self_.id) + "\",stage=\"" + name + "\"";
+    uint64_t seen = 0;
+    for (int b = 0; b < Histogram::kBuckets - 1; ++b) {
+      seen += h.counts[static_cast<size_t>(b)];
+      if (b % Histogram::kSub == Histogram::kSub - 1)  // every power of two
+        out << "tandem_stage_seconds_bucket{" << labels << ",le=\"" << static_cast<double>(Histogram::upper_us(b)) / 1e6
+            << "\"} " << seen << "\n";
+    }
+    out << "tandem_stage_seconds_bucket{" << labels << ",le=\"+Inf\"} " << h.count() << "\n"
+        << "tandem_stage_seconds_sum{" << labels << "} " << static_cast<double>(h.sum_us) / 1e6 << "\n"
+        << "tandem_stage_seconds_count{" << labels << "} " << h.count() << "\n";
+  }
   return out.str();
 }
 

@@ -131,6 +131,7 @@ Status Engine::start() {
   }
   routing_ = std::make_unique<RoutingTransport>(*this, *transport_, remote);
   messaging::RelayOptions ro;
+  ro.ack_latency = &c_.relay;
   ro.ack_timeout_us = opts_.relay_ack_timeout_ms * 1000;
   ro.backoff_min_us = opts_.relay_backoff_min_ms * 1000;
   ro.backoff_max_us = opts_.relay_backoff_max_ms * 1000;
@@ -212,6 +213,7 @@ void Engine::deliver(Envelope env, messaging::AckFn ack) {
   Work w;
   w.env = std::move(env);
   w.ack = std::move(ack);
+  w.arrived_us = env_.clock().now_us();
   if (exec_ && exec_->in_this_thread()) {  // the relay delivering locally: no hand-off needed
     ready_.push_back(std::move(w));
     schedule_step();
@@ -346,6 +348,8 @@ void Engine::process(Work& w) {
     auto row = view_->get(Cf::kTimer, w.timer_key);
     if (!row || !row->has_value()) return;  // already fired
   }
+  int64_t ran_us = env_.clock().now_us();
+  if (w.arrived_us) c_.queue.record(ran_us - w.arrived_us);
   Transition t(*this, *type, env, env_.clock().wall_ms());
   auto result = t.run();
   switch (result) {
@@ -373,6 +377,7 @@ void Engine::process(Work& w) {
       Work next;
       next.env = std::move(out);
       next.inline_msg = true;
+      next.arrived_us = ran_us;
       ready_.push_back(std::move(next));
     } else {
       std::string key = rows::outbox(placement_.entity_prefix(out.from), out.to, out.seq);
@@ -394,6 +399,7 @@ void Engine::process(Work& w) {
   view_->apply(std::move(txn));
   if (result == Transition::Result::kApplied && !attempts_.empty()) attempts_.erase(work_id(env));
   touch(env.to);
+  open_.ran_us.push_back(ran_us);
   open_.transitions++;
 }
 
@@ -604,7 +610,7 @@ void Engine::seal_and_commit() {
       std::abort();
     }
     TANDEM_CRASH_POINT("commit:after_write");
-    on_committed(sealed.group, started);
+    on_committed(sealed.group, started, env_.clock().now_us());
     return;
   }
   auto batch = std::make_shared<partition::WriteBatch>(std::move(sealed.batch));
@@ -618,7 +624,8 @@ void Engine::seal_and_commit() {
       std::abort();
     }
     TANDEM_CRASH_POINT("commit:after_write");
-    exec_->post([this, group, started] { on_committed(group, started); });
+    int64_t written = env_.clock().now_us();
+    exec_->post([this, group, started, written] { on_committed(group, started, written); });
   });
 }
 
@@ -630,15 +637,19 @@ void Engine::check_fence(const std::vector<EntityRef>& touched) {
   }
 }
 
-void Engine::on_committed(uint64_t group, int64_t started_us) {
+void Engine::on_committed(uint64_t group, int64_t started_us, int64_t written_us) {
   TANDEM_CRASH_POINT("commit:before_ack");
+  int64_t now = env_.clock().now_us();
   inflight_commits_--;
   committed_groups_++;
   c_.commits++;
-  c_.commit_us += static_cast<uint64_t>(env_.clock().now_us() - started_us);
+  c_.commit_us += static_cast<uint64_t>(written_us - started_us);
+  c_.commit.record(written_us - started_us);
+  c_.handoff.record(now - written_us);
   view_->committed(group);
   auto node = committing_.extract(group);
   auto& a = node.mapped();
+  for (int64_t ran : a.ran_us) c_.durable.record(now - ran);
   for (auto& ack : a.acks) ack(Status::ok());
   for (auto& [key, env] : a.relay_rows) relay_->add(key, std::move(env));
   for (auto& [key, reply] : a.client_replies) complete_call(key, std::move(reply));
@@ -724,6 +735,11 @@ NodeStats Engine::stats() const {
   s.inflight_calls = static_cast<uint64_t>(std::max(0, c_.inflight.load()));
   s.commit_ms_avg = s.commits ? static_cast<double>(c_.commit_us) / 1000.0 / static_cast<double>(s.commits) : 0;
   s.transitions_per_commit_max = c_.max_per_commit;
+  s.stages = {{"queue", c_.queue.snapshot()},
+              {"durable", c_.durable.snapshot()},
+              {"commit", c_.commit.snapshot()},
+              {"handoff", c_.handoff.snapshot()},
+              {"relay", c_.relay.snapshot()}};
   return s;
 }
 

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include <tandem/core/env.h>
+#include <tandem/core/histogram.h>
 #include <tandem/entity/entity.h>
 #include <tandem/entity/node.h>
 #include <tandem/messaging/envelope.h>
@@ -108,6 +109,7 @@ class Engine final : public messaging::Inbound {
     std::string row_key;    // a local outbox row this transition consumes (deleted in its txn)
     std::string timer_key;  // the durable timer row this transition fires
     bool inline_msg = false;  // produced in the open group; has no row yet
+    int64_t arrived_us = 0;   // when it reached the engine (the queue stage starts)
   };
   struct TimerEntry {
     int64_t due_ms;
@@ -121,6 +123,7 @@ class Engine final : public messaging::Inbound {
     std::set<TimerEntry> timers;
     std::vector<Work> retries;  // failed transitions to run again after a backoff
     std::vector<EntityRef> touched;  // entities written (kept only when a fence is set)
+    std::vector<int64_t> ran_us;     // when each transition ran (the durable stage starts)
     size_t transitions = 0;
     bool empty() const {
       return transitions == 0 && acks.empty() && relay_rows.empty() && client_replies.empty() && retries.empty();
@@ -135,7 +138,7 @@ class Engine final : public messaging::Inbound {
   Status load_timers(const std::vector<partition::KeyRange>& ranges);
   void park(Work& w, const std::string& reason);
   void seal_and_commit();
-  void on_committed(uint64_t group, int64_t started_us);
+  void on_committed(uint64_t group, int64_t started_us, int64_t written_us);
   void fire_due_timers();
   void arm_timer_wakeup();
   void on_relay_acked(const std::string& row_key);
@@ -204,6 +207,8 @@ class Engine final : public messaging::Inbound {
     std::atomic<uint64_t> applied{0}, duplicates{0}, parked{0}, failures{0}, commits{0}, commit_us{0},
         max_per_commit{0}, outbox_depth{0}, relay_retries{0}, ready{0}, timers{0}, busy{0}, inbox{0};
     std::atomic<int> inflight{0};
+    // Where a message's time goes (see NodeStats::stages).
+    Histogram queue, durable, commit, handoff, relay;
   };
   mutable Counters c_;
 };

@@ -32,6 +32,7 @@ void Relay::add(const std::string& row_key, Envelope env) {
   if (!inserted) return;
   it->second.env = std::move(env);
   it->second.added_ms = clock_.wall_ms();
+  it->second.added_us = clock_.now_us();
   send(row_key);
 }
 
@@ -77,6 +78,7 @@ void Relay::on_ack(const std::string& key, uint64_t generation, Status s) {
   auto it = pending_.find(key);
   if (it == pending_.end()) return;  // a duplicate ack
   if (s.is_ok()) {
+    if (opts_.ack_latency) opts_.ack_latency->record(clock_.now_us() - it->second.added_us);
     pending_.erase(it);
     on_acked_(key);
     return;

@@ -480,4 +480,21 @@ const NodeInfo* find_node(const PartitionMap& map, const ClusterConfig& config, 
   return config.node(id);
 }
 
+std::vector<KeyRange> subtract_ranges(const std::vector<KeyRange>& ranges, const std::vector<KeyRange>& minus) {
+  std::vector<KeyRange> out = ranges;
+  for (auto& [mb, me] : minus) {
+    std::vector<KeyRange> next;
+    for (auto& [b, e] : out) {
+      if (me <= b || e <= mb) {  // disjoint
+        next.emplace_back(b, e);
+        continue;
+      }
+      if (b < mb) next.emplace_back(b, mb);
+      if (me < e) next.emplace_back(me, e);
+    }
+    out = std::move(next);
+  }
+  return out;
+}
+
 }  // namespace tandem::partition

@@ -14,6 +14,7 @@ const char* const kUsage =
     "usage: tandemctl [--config FILE] [--json] [--node N] COMMAND [ARGS]\n"
     "  status              every node: partitions, outbox depth, epoch, counters\n"
     "  partitions          the partition map: type, range, owner\n"
+    "  stages              where messages spend their time on each node: p50/p90/p99 per stage\n"
     "  controller          which node holds the controller role (moves, splits and the rest go there)\n"
     "  inspect TYPE KEY    an entity: state, activities, operations, pending outbox rows\n"
     "  parked              parked (poison) messages on every node\n"
@@ -25,7 +26,7 @@ const char* const kUsage =
     "  rebalance [--dry-run] even out partitions over the nodes, one move at a time\n"
     "  drain-node NODE     move every partition off a node; no partition moves to it afterwards\n"
     "  add-node NODE ADDRESS ADMIN_ADDRESS  add a running node (started with a config that lists it)\n"
-    "  --config defaults to .tandem/cluster/cluster.conf; --node limits status and parked to one node.\n";
+    "  --config defaults to .tandem/cluster/cluster.conf; --node limits status, stages and parked to one node.\n";
 
 namespace {
 
@@ -70,7 +71,7 @@ Result<Command> parse_command(int argc, char** argv) {
     size_t min, max;
   };
   static const std::map<std::string, Arity> kArity{
-      {"status", {0, 0}}, {"partitions", {0, 0}}, {"controller", {0, 0}}, {"inspect", {2, 2}},
+      {"status", {0, 0}}, {"stages", {0, 0}}, {"partitions", {0, 0}}, {"controller", {0, 0}}, {"inspect", {2, 2}},
       {"parked", {0, 0}}, {"redrive", {1, 1}},     {"move", {2, 2}},       {"split", {1, 2}},
       {"merge", {2, 2}},  {"rebalance", {0, 0}},   {"drain-node", {1, 1}}, {"add-node", {3, 3}}};
   auto ar = kArity.find(c.name);

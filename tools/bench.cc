@@ -15,6 +15,9 @@
 #include <random>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
+#include <map>
+#include <sstream>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -22,6 +25,7 @@
 
 #include <tandem/core/bytes.h>
 #include <tandem/core/env.h>
+#include <tandem/core/histogram.h>
 #include <tandem/core/flags.h>
 #include <tandem/core/log.h>
 #include <tandem/core/net.h>
@@ -365,7 +369,8 @@ struct LoadResult {
   uint64_t errors = 0;
 };
 LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to, const std::vector<std::string>& targets,
-                const std::string& tag, double seconds, double load_fraction) {
+                const std::string& tag, double seconds, double load_fraction,
+                const std::function<void(bool open_loop_starts)>& around_open_loop = {}) {
   LoadResult r;
   std::mutex mu;
   std::condition_variable cv;
@@ -406,6 +411,7 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
   // Open loop at a fraction (default half) of the maximum rate; slots rotate so no entity has two calls pending
   // (at half rate each call has conc/rate*2 seconds before its slot comes round again).
   r.rate = r.max_per_s * load_fraction;
+  if (around_open_loop) around_open_loop(true);
   double interval = 1.0 / r.rate;
   double start = now_s(), next = start;
   size_t slot = 0;
@@ -418,8 +424,11 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
     fire(slot++ % conc, true);
     next += interval;
   }
-  std::unique_lock lock(mu);
-  cv.wait_for(lock, std::chrono::seconds(30), [&] { return outstanding == 0; });
+  {
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, std::chrono::seconds(30), [&] { return outstanding == 0; });
+  }
+  if (around_open_loop) around_open_loop(false);
   r.lat_ms = percentiles(lat);
   return r;
 }
@@ -494,10 +503,30 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
                 "p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
                 durability.c_str(), a.max_per_s, a.rate, a.lat_ms.p50, a.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(a.errors));
     std::fflush(stdout);
-    auto b = load(c, on1, on2, "ee", seconds, opts.load);
+    // Where the time goes on each node during the open loop: stage histograms read before and after.
+    std::map<uint32_t, std::map<std::string, tandem::Histogram::Snapshot>> before;
+    auto stages = [&c](std::map<uint32_t, std::map<std::string, tandem::Histogram::Snapshot>>& into) {
+      for (uint32_t id : c.node_ids()) {
+        auto r = c.request(id, "stages", "");
+        if (!r) continue;
+        std::istringstream in(*r);
+        std::string name, rest;
+        while (in >> name && std::getline(in, rest)) tandem::Histogram::Snapshot::decode(rest, &into[id][name]);
+      }
+    };
+    std::map<uint32_t, std::map<std::string, tandem::Histogram::Snapshot>> after;
+    auto b = load(c, on1, on2, "ee", seconds, opts.load, [&](bool starts) { stages(starts ? before : after); });
     std::printf("RESULT bench=request_reply kind=entity_to_entity_cross_node durability=%s max_per_s=%.0f "
                 "at_per_s=%.0f p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
                 durability.c_str(), b.max_per_s, b.rate, b.lat_ms.p50, b.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(b.errors));
+    for (auto& [id, m] : after) {
+      std::printf("STAGES node=%u (open loop, us: p50/p99)", id);
+      for (const char* name : {"queue", "durable", "commit", "handoff", "relay"}) {
+        auto d = m[name].minus(before[id][name]);
+        std::printf(" %s=%.0f/%.0f", name, d.quantile_us(0.5), d.quantile_us(0.99));
+      }
+      std::printf("\n");
+    }
     std::fflush(stdout);
     reservation::DemoOptions d = demo_options(opts);
     auto env2 = tandem::make_real_env();

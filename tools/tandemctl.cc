@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <tandem/core/bytes.h>
+#include <tandem/core/histogram.h>
 #include <tandem/core/log.h>
 #include <tandem/entity/client.h>
 #include <tandem/partition/partition_map.h>
@@ -150,6 +151,36 @@ int main(int argc, char** argv) {
         std::printf("%-5s %-22s %-6s %-10s %-8s %-7s %-10s %-8s\n", m["node"].c_str(), m["address"].c_str(), m["epoch"].c_str(),
                     m["partitions"].c_str(), m["outbox_depth"].c_str(), m["timers"].c_str(), m["applied"].c_str(),
                     m["parked"].c_str());
+      }
+    }
+    if (json) std::printf("]\n");
+    return failed ? 1 : 0;
+  }
+
+  if (cmd == "stages") {
+    int failed = 0;
+    if (json) std::printf("[");
+    else std::printf("%-5s %-8s %12s %10s %10s %10s %12s\n", "node", "stage", "count", "p50_us", "p90_us", "p99_us", "mean_us");
+    bool first = true;
+    for (auto id : nodes) {
+      auto r = c.request(id, "stages", "");
+      if (!r) {
+        ++failed;
+        std::fprintf(stderr, "tandemctl: node %u: %s\n", id, r.status().message().c_str());
+        continue;
+      }
+      for (auto& [name, text] : kv_lines(*r)) {
+        tandem::Histogram::Snapshot h;
+        if (!tandem::Histogram::Snapshot::decode(text, &h)) continue;
+        double mean = h.count() ? static_cast<double>(h.sum_us) / static_cast<double>(h.count()) : 0;
+        if (json)
+          std::printf("%s{\"node\":%u,\"stage\":\"%s\",\"count\":%llu,\"p50_us\":%.0f,\"p90_us\":%.0f,\"p99_us\":%.0f,\"mean_us\":%.1f}",
+                      first ? "" : ",", id, json_escape(name).c_str(), static_cast<unsigned long long>(h.count()),
+                      h.quantile_us(0.5), h.quantile_us(0.9), h.quantile_us(0.99), mean);
+        else
+          std::printf("%-5u %-8s %12llu %10.0f %10.0f %10.0f %12.1f\n", id, name.c_str(), static_cast<unsigned long long>(h.count()),
+                      h.quantile_us(0.5), h.quantile_us(0.9), h.quantile_us(0.99), mean);
+        first = false;
       }
     }
     if (json) std::printf("]\n");

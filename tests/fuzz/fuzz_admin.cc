@@ -45,7 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   if (c->help) return 0;
-  static const std::set<std::string> kNames{"status", "partitions", "controller", "inspect",   "parked",     "redrive",
+  static const std::set<std::string> kNames{"status", "stages", "partitions", "controller", "inspect",   "parked",     "redrive",
                                             "move",   "split",      "merge",      "rebalance", "drain-node", "add-node"};
   if (!kNames.count(c->name) || c->config.empty()) __builtin_trap();
   if (c->method.empty()) return 0;

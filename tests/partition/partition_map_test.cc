@@ -105,3 +105,36 @@ TEST_CASE("a config without a secret is refused unless it says insecure-dev") {
   REQUIRE(secret.is_ok());
   CHECK(*secret == tandem::partition::kInsecureDevSecret);
 }
+
+TEST_CASE("subtracting ranges keeps exactly the uncovered pieces") {
+    std::vector<KeyRange> r{{"b", "h"}};
+  CHECK(subtract_ranges(r, {}) == r);
+  CHECK(subtract_ranges(r, {{"a", "z"}}).empty());
+  CHECK(subtract_ranges(r, {{"d", "f"}}) == std::vector<KeyRange>{{"b", "d"}, {"f", "h"}});
+  CHECK(subtract_ranges(r, {{"a", "c"}, {"g", "z"}}) == std::vector<KeyRange>{{"c", "g"}});
+  CHECK(subtract_ranges(r, {{"h", "k"}, {"a", "b"}}) == r);  // touching is not covering
+  CHECK(subtract_ranges({{"b", "d"}, {"e", "h"}}, {{"c", "f"}}) == std::vector<KeyRange>{{"b", "c"}, {"f", "h"}});
+}
+
+TEST_CASE("a node that missed a split keeps the half it still owns when the other half moves away") {
+  // Partition p is split on node 1 (the new half stays there); a node that still holds the map
+  // from before the split then learns that p moved to node 2. What it gives up is p's old range
+  // less the new half it owns.
+  auto before = PartitionMap::initial(three_nodes(), {{"order", {TypeScheme::Kind::kHash, 64}, 3, {}}});
+  uint32_t pid = 0;
+  for (auto& p : before.partitions)
+    if (p.owner == 1) pid = p.id;
+  REQUIRE(pid != 0);
+  auto split = before.with_split(pid, "");
+  REQUIRE(split);
+  auto moved = split->with_move(pid, 2);
+  REQUIRE(moved);
+  auto lost = std::vector<KeyRange>{before.key_range(*before.partition(pid))};
+  std::vector<KeyRange> owned;
+  for (auto& p : moved->partitions)
+    if (p.owner == 1) owned.push_back(moved->key_range(p));
+  REQUIRE(owned.size() == 1);  // the new half
+  auto released = subtract_ranges(lost, owned);
+  REQUIRE(released.size() == 1);
+  CHECK(released[0] == moved->key_range(*moved->partition(pid)));  // exactly the half that left
+}

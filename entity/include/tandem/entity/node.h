@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <tandem/core/env.h>
+#include <tandem/core/histogram.h>
 #include <tandem/core/ids.h>
 #include <tandem/core/status.h>
 #include <tandem/entity/entity.h>
@@ -65,6 +66,13 @@ struct NodeStats {
   uint64_t busy = 0;           // calls and deliveries refused at a cap since start
   double commit_ms_avg = 0;
   uint64_t transitions_per_commit_max = 0;
+  // Where a message's time goes on this node, since start (microseconds):
+  //   queue    arrival at the engine (delivered, called, or sent by an entity here) -> its transition runs
+  //   durable  the transition runs -> its group is durable (waiting for the seal and the commit included)
+  //   commit   a group's write (and fsync in strict durability)
+  //   handoff  the write done -> the engine acts on it (acks, replies, relay)
+  //   relay    an outbox row's first send -> its ack (the network and the receiver's commit included)
+  std::vector<std::pair<std::string, Histogram::Snapshot>> stages;
 };
 
 struct ParkedMessage {

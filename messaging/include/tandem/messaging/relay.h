@@ -9,6 +9,7 @@
 #include <string>
 
 #include <tandem/core/env.h>
+#include <tandem/core/histogram.h>
 #include <tandem/messaging/envelope.h>
 #include <tandem/messaging/transport.h>
 
@@ -18,6 +19,9 @@ struct RelayOptions {
   int64_t ack_timeout_us = 2'000'000;  // resend when no ack arrived in this time
   int64_t backoff_min_us = 5'000;
   int64_t backoff_max_us = 2'000'000;
+  // Where to record each row's time from its first send to its ack (the network and the
+  // receiver's commit included); borrowed, may be null.
+  Histogram* ack_latency = nullptr;
 };
 
 // Single-threaded: every method runs on `exec`, which must outlive the Relay's callbacks
@@ -48,6 +52,7 @@ class Relay {
     uint32_t attempts = 0;
     uint64_t generation = 0;
     int64_t added_ms = 0;
+    int64_t added_us = 0;  // steady clock
   };
   struct Gate;
   void send(const std::string& key);

@@ -38,6 +38,9 @@ struct PartitionInfo {
 
 using KeyRange = std::pair<std::string, std::string>;  // [begin, end) of placement-prefixed keys
 
+// The parts of `ranges` that no range of `minus` covers (empty pieces dropped).
+std::vector<KeyRange> subtract_ranges(const std::vector<KeyRange>& ranges, const std::vector<KeyRange>& minus);
+
 class PartitionMap {
  public:
   uint64_t epoch = 0;
