@@ -66,7 +66,8 @@ TEST_CASE("simulation: regression seeds") {
                  Case{17, "the same"},
                  Case{234, "a move aborted while its source was cut off left the partition frozen (orders never answered)"},
                  Case{1454, "the same"},
-                 Case{102120, "a node that missed a split released the kept half with the half that moved (orders lost)"}}) {
+                 Case{102120, "a node that missed a split released the kept half with the half that moved (orders lost)"},
+                 Case{105539, "the same"}}) {
     SimOptions o;
     o.seed = c.seed;
     auto r = run_seed(o);
