@@ -64,14 +64,37 @@ void Relay::send(const std::string& key) {
       on_ack(key, gen, std::move(s));
     });
   });
-  // No answer at all (lost delivery or lost ack): resend after the ack timeout.
-  exec_.post_after(std::chrono::microseconds(opts_.ack_timeout_us), [gate, key, gen, this] {
+  // No answer at all (lost delivery or lost ack): resent by the sweep after the ack timeout.
+  deadlines_.push_back({clock_.now_us() + opts_.ack_timeout_us, key, gen});
+  arm_sweep();
+}
+
+void Relay::arm_sweep() {
+  if (sweep_armed_ || deadlines_.empty()) return;
+  sweep_armed_ = true;
+  int64_t wait = std::max(deadlines_.front().due_us - clock_.now_us(), opts_.ack_timeout_us / 4);
+  auto gate = gate_;
+  exec_.post_after(std::chrono::microseconds(wait), [gate, this] {
     if (!gate->open) return;
-    auto it = pending_.find(key);
-    if (it == pending_.end() || it->second.generation != gen) return;
+    sweep_armed_ = false;
+    sweep();
+  });
+}
+
+void Relay::sweep() {
+  int64_t now = clock_.now_us();
+  std::vector<std::string> resend;
+  while (!deadlines_.empty() && deadlines_.front().due_us <= now) {
+    auto d = std::move(deadlines_.front());
+    deadlines_.pop_front();
+    auto it = pending_.find(d.key);
+    if (it != pending_.end() && it->second.generation == d.generation) resend.push_back(std::move(d.key));
+  }
+  for (auto& key : resend) {
     ++retries_;
     send(key);
-  });
+  }
+  arm_sweep();
 }
 
 void Relay::on_ack(const std::string& key, uint64_t generation, Status s) {

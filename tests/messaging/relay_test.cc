@@ -97,3 +97,15 @@ TEST_CASE("a delivery that is never answered is sent again after the ack timeout
   f.transport.mode = ScriptedTransport::Mode::kAck;
   REQUIRE(testing::wait_until([&] { return f.acked_count() == 1; }));
 }
+
+TEST_CASE("acknowledged rows are not sent again when their ack deadline passes") {
+  Fixture f;
+  for (uint64_t i = 0; i < 100; ++i) f.add("row-" + std::to_string(i), i);
+  REQUIRE(testing::wait_until([&] { return f.acked_count() == 100; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // four ack timeouts
+  CHECK(f.transport.count() == 100);
+  f.transport.mode = ScriptedTransport::Mode::kSilent;
+  f.add("row-late", 1000);
+  REQUIRE(testing::wait_until([&] { return f.transport.count() >= 102; }, std::chrono::seconds(5)));
+  CHECK(f.acked_count() == 100);
+}

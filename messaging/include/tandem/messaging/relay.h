@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -55,7 +56,17 @@ class Relay {
     int64_t added_us = 0;  // steady clock
   };
   struct Gate;
+  // A row sent and not yet acknowledged: resent if still pending with this generation at `due_us`.
+  struct Deadline {
+    int64_t due_us;
+    std::string key;
+    uint64_t generation;
+  };
   void send(const std::string& key);
+  // One timer sweeps the ack deadlines (in send order, as the timeout is the same for all),
+  // at most every timeout/4, instead of a timer per send.
+  void arm_sweep();
+  void sweep();
   void on_ack(const std::string& key, uint64_t generation, Status s);
   void retry_later(const std::string& key, uint64_t generation);
   int64_t backoff_us(uint32_t attempts);
@@ -67,6 +78,8 @@ class Relay {
   RelayOptions opts_;
   AckedFn on_acked_;
   std::map<std::string, Pending> pending_;
+  std::deque<Deadline> deadlines_;
+  bool sweep_armed_ = false;
   std::shared_ptr<Gate> gate_;
   uint64_t next_generation_ = 1;
   uint64_t retries_ = 0;
