@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
 
+#include <tandem/core/bytes.h>
 #include <tandem/core/env.h>
+#include <tandem/core/key_codec.h>
 #include <tandem/core/log.h>
 #include <tandem/core/net.h>
 #include <tandem/messaging/session.h>
@@ -243,31 +246,50 @@ void Client::call(const EntityRef& to, uint64_t payload_type, std::string payloa
 }
 
 Status Client::for_each_state(const std::string& type, const std::function<void(const std::string&, Payload&)>& fn) {
-  // Each node answers with its map epoch first. A scan during a move can see a partition on
-  // both nodes (adopted by one, not yet released by the other) or on neither; such a scan
-  // shows differing epochs and is repeated.
-  for (int attempt = 0;; ++attempt) {
-    std::vector<std::string> rows;
-    std::set<std::string> epochs;
-    for (auto id : node_ids()) {
-      auto r = impl_->request_retrying(id, "scan", type);
-      if (!r) return r.status();
-      auto l = rpc::decode_list(*r);
-      if (!l || l->empty() || (l->size() - 1) % 2) return Status::corruption("malformed scan answer from node " + std::to_string(id));
-      epochs.insert((*l)[0]);
-      rows.insert(rows.end(), std::make_move_iterator(l->begin() + 1), std::make_move_iterator(l->end()));
+  // Piece by piece: each partition's key range is asked of its owner, which answers only if it
+  // owns all of it for the whole of its read. A piece whose owner answers otherwise (a move or
+  // a split under way, the node restarting) is cut along a fresh map and asked again, so every
+  // entity is read once, from the node that owned it while its piece was read, even while the
+  // map keeps changing.
+  auto pieces_of = [&](const partition::KeyRange& within) {
+    std::deque<std::pair<partition::KeyRange, uint32_t>> out;
+    std::lock_guard lock(impl_->mu);
+    auto& m = impl_->map;
+    for (auto& p : m.partitions) {
+      if (p.type != type) continue;
+      auto r = m.key_range(p);
+      partition::KeyRange piece{std::max(r.first, within.first), std::min(r.second, within.second)};
+      if (piece.first < piece.second) out.emplace_back(std::move(piece), p.owner);
     }
-    if (epochs.size() > 1 && attempt < 100) {
-      impl_->env->clock().sleep_us(100'000);
+    return out;
+  };
+  std::string tp = partition::Placement::type_prefix(type);
+  auto todo = pieces_of({tp, keys::prefix_successor(tp)});
+  {
+    std::lock_guard lock(impl_->mu);
+    if (!impl_->map.type(type)) return Status::invalid_argument("unknown entity type '" + type + "'");
+  }
+  int64_t deadline = impl_->env->clock().now_us() + 120'000'000;
+  while (!todo.empty()) {
+    auto [range, owner] = std::move(todo.front());
+    todo.pop_front();
+    auto r = impl_->request(owner, "scan", ByteWriter().bytes(type).bytes(range.first).bytes(range.second).take());
+    if (!r) {
+      if (r.status().code() != Code::kUnavailable || impl_->env->clock().now_us() > deadline) return r.status();
+      impl_->env->clock().sleep_us(50'000);
+      impl_->refresh_map();
+      auto again = pieces_of(range);
+      todo.insert(todo.begin(), again.begin(), again.end());
       continue;
     }
-    if (epochs.size() > 1) return Status::unavailable("the partition map kept changing during the scan");
-    for (size_t i = 0; i + 1 < rows.size(); i += 2) {
-      Payload p(rows[i + 1]);
-      fn(rows[i], p);
+    auto l = rpc::decode_list(*r);
+    if (!l || l->size() % 2) return Status::corruption("malformed scan answer from node " + std::to_string(owner));
+    for (size_t i = 0; i + 1 < l->size(); i += 2) {
+      Payload p((*l)[i + 1]);
+      fn((*l)[i], p);
     }
-    return Status::ok();
   }
+  return Status::ok();
 }
 
 void Client::request_async(uint32_t node, const std::string& method, std::string body,

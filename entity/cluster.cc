@@ -1069,26 +1069,40 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
   if (method == "quiescent") return respond(Status::ok(), engine_->quiescent() ? "1" : "0");
   if (method == "timers") return respond(Status::ok(), std::to_string(engine_->stats().timers));
   if (method == "scan") {
-    // body: type. Every committed state row of that type this node owns, after its map epoch
-    // (a reader compares epochs across nodes to see a scan that raced a move).
-    std::vector<std::string> out;
-    {
+    // body: type, begin, end. The committed state rows of that type in [begin, end), answered
+    // only if this node owns all of the range, at one map epoch, for the whole read; otherwise
+    // `unavailable` (the client cuts the range along a fresh map and asks again).
+    ByteReader br(body);
+    auto type = br.bytes();
+    auto begin = br.bytes();
+    auto end = br.bytes();
+    if (!type || !begin || !end || !br.done()) return respond(Status::invalid_argument("malformed scan request"), {});
+    std::string tp = partition::Placement::type_prefix(*type);
+    if (*begin < tp || *end > keys::prefix_successor(tp) || !(*begin < *end))
+      return respond(Status::invalid_argument("scan range outside type '" + *type + "'"), {});
+    auto owned_epoch = [&]() -> std::optional<uint64_t> {
       std::lock_guard lock(map_mu_);
-      out.push_back(std::to_string(map_.epoch));
-    }
-    std::string begin = partition::Placement::type_prefix(body);
+      std::vector<partition::KeyRange> mine;
+      for (auto& p : map_.partitions)
+        if (p.owner == self_.id) mine.push_back(map_.key_range(p));
+      if (!partition::subtract_ranges({{*begin, *end}}, mine).empty()) return std::nullopt;
+      return map_.epoch;
+    };
+    auto before = owned_epoch();
+    if (!before) return respond(Status::unavailable("moved: node " + std::to_string(self_.id) + " does not own all of the range"), {});
+    std::vector<std::string> out;
     auto& placement = engine_->placement();
-    auto st = engine_->store().scan(partition::Cf::kState, begin, keys::prefix_successor(begin),
-                                    [&](std::string_view k, std::string_view v) {
-                                      EntityRef ref;
-                                      std::string_view rest;
-                                      if (placement.decode_entity(k, ref, rest) && rest == "s" && owns(ref)) {
-                                        out.push_back(ref.key);
-                                        out.emplace_back(v);
-                                      }
-                                      return true;
-                                    });
+    auto st = engine_->store().scan(partition::Cf::kState, *begin, *end, [&](std::string_view k, std::string_view v) {
+      EntityRef ref;
+      std::string_view rest;
+      if (placement.decode_entity(k, ref, rest) && rest == "s") {
+        out.push_back(ref.key);
+        out.emplace_back(v);
+      }
+      return true;
+    });
     if (!st) return respond(st, {});
+    if (owned_epoch() != before) return respond(Status::unavailable("moved: the map changed during the scan"), {});
     return respond(Status::ok(), rpc::encode_list(out));
   }
   if (method == "parked") {

@@ -600,8 +600,8 @@ void Engine::seal_and_commit() {
   inflight_commits_++;
   sealed_groups_++;
   int64_t started = env_.clock().now_us();
-  if (durability_ == partition::Durability::kRelaxed && n <= kInlineCommit && inflight_commits_ == 1) {
-    // A small relaxed commit costs less than the two thread hand-offs of the commit thread.
+  if (n <= opts_.inline_commit_max && inflight_commits_ == 1) {
+    // A small commit costs less than the two thread hand-offs of the commit thread.
     check_fence(touched);
     TANDEM_CRASH_POINT("commit:before_write");
     auto s = store_->write(sealed.batch);

@@ -42,8 +42,6 @@ inline constexpr uint64_t kEscrowDeadline = 2;
 inline constexpr size_t kEagerSeal = 256;
 // The exit code of a process stopped by its fence (see set_fence).
 inline constexpr int kFencedExitCode = 75;
-// Relaxed groups of at most this many transitions are written on the engine thread.
-inline constexpr size_t kInlineCommit = 32;
 
 // Opens a node's store. The default opener is RocksDB at so.path (creating the directory);
 // the simulator supplies an in-memory one.

@@ -29,6 +29,11 @@ struct NodeOptions {
   // Run a message for an entity on this node inside the sender's group commit when it fits,
   // so it needs no outbox row. Off: every message goes through outbox, relay and transport.
   bool inline_local = true;
+  // A group of at most this many transitions, with no other commit in flight, is written (and
+  // fsynced, in strict durability) on the engine thread: that saves the two thread hand-offs
+  // to and from the commit thread. Larger groups go to the commit thread, so the next group
+  // fills meanwhile. 0: every group goes to the commit thread.
+  size_t inline_commit_max = 32;
   int max_attempts = 5;                        // a message whose handler failed this often is parked
   int64_t op_grace_ms = 30'000;                // provider expiry = requester deadline + grace
   int64_t reply_retention_ms = 24 * 3600'000;  // client replies kept for retries this long
