@@ -282,11 +282,18 @@ Status Client::for_each_state(const std::string& type, const std::function<void(
       todo.insert(todo.begin(), again.begin(), again.end());
       continue;
     }
+    // A page: where to go on from ("" when the piece is done), then key, state pairs.
     auto l = rpc::decode_list(*r);
-    if (!l || l->size() % 2) return Status::corruption("malformed scan answer from node " + std::to_string(owner));
-    for (size_t i = 0; i + 1 < l->size(); i += 2) {
+    if (!l || l->empty() || l->size() % 2 == 0) return Status::corruption("malformed scan answer from node " + std::to_string(owner));
+    for (size_t i = 1; i + 1 < l->size(); i += 2) {
       Payload p((*l)[i + 1]);
       fn((*l)[i], p);
+    }
+    const std::string& next = (*l)[0];
+    if (!next.empty()) {
+      if (next <= range.first || next >= range.second)
+        return Status::corruption("scan answer from node " + std::to_string(owner) + " goes on outside its range");
+      todo.emplace_front(partition::KeyRange{next, range.second}, owner);
     }
   }
   return Status::ok();

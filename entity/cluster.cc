@@ -1090,14 +1090,22 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
     };
     auto before = owned_epoch();
     if (!before) return respond(Status::unavailable("moved: node " + std::to_string(self_.id) + " does not own all of the range"), {});
-    std::vector<std::string> out;
+    // One page of about opts_.scan_page_bytes (a frame has a limit): the first element is the key
+    // to go on from ("" when the range is done), then key, state pairs.
+    std::vector<std::string> out{""};
+    size_t bytes = 0;
     auto& placement = engine_->placement();
     auto st = engine_->store().scan(partition::Cf::kState, *begin, *end, [&](std::string_view k, std::string_view v) {
+      if (bytes >= opts_.scan_page_bytes) {
+        out[0] = std::string(k);
+        return false;
+      }
       EntityRef ref;
       std::string_view rest;
       if (placement.decode_entity(k, ref, rest) && rest == "s") {
         out.push_back(ref.key);
         out.emplace_back(v);
+        bytes += ref.key.size() + v.size() + 16;
       }
       return true;
     });

@@ -120,6 +120,7 @@ class Cluster {
     no.max_batch = 1 + w_.rng().uniform(64);
     no.cache_entries = 4 + w_.rng().uniform(400);
     no.inline_local = w_.rng().chance(0.5);
+    no.scan_page_bytes = 64 + w_.rng().uniform(4096);  // scans of many pages
     no.relay_ack_timeout_ms = 100 + static_cast<int64_t>(w_.rng().uniform(1500));
     no.relay_backoff_min_ms = 1 + static_cast<int64_t>(w_.rng().uniform(20));
     no.relay_backoff_max_ms = 200 + static_cast<int64_t>(w_.rng().uniform(1500));

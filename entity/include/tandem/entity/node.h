@@ -47,6 +47,8 @@ struct NodeOptions {
   size_t max_pending_calls = 100'000;
   size_t max_outbox = 200'000;
   size_t max_inbox = 100'000;
+  // A state scan (Client::for_each_state) answers in pages of about this many bytes.
+  size_t scan_page_bytes = 4 << 20;
   // Fault injection on the delivery path (tests): every outbox delivery may be duplicated,
   // dropped, delayed (and so reordered).
   struct Faults {
