@@ -14,7 +14,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <pthread.h>
-#include <sys/socket.h>
 
 namespace tandem::net {
 
@@ -58,14 +57,6 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
     {
       std::lock_guard lock(mu_);
       if (closed_) return;
-      if (!writing_) {
-        // Nothing is being written: try the socket from this thread, which saves waking the
-        // network thread. The lock keeps fail() from closing the socket meanwhile; what the
-        // socket does not take now is queued for the network thread as usual.
-        ssize_t n = ::send(socket_.native_handle(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n == static_cast<ssize_t>(bytes.size())) return;
-        if (n > 0) bytes.erase(0, static_cast<size_t>(n));
-      }
       queued_ += bytes.size();
       pending_.push_back(std::move(bytes));
       start_write = !writing_;
