@@ -32,6 +32,30 @@ class TrackedFile final : public rocksdb::FSWritableFileOwnerWrapper {
   std::string name_;
 };
 
+class TrackedDir final : public rocksdb::FSDirectory {
+ public:
+  TrackedDir(std::unique_ptr<rocksdb::FSDirectory> d, PowerCut::Impl& pc, std::string name)
+      : dir_(std::move(d)), pc_(pc), name_(std::move(name)) {}
+  rocksdb::IOStatus Fsync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* d) override {
+    auto s = dir_->Fsync(o, d);
+    if (s.ok()) pc_.dir_synced(name_);
+    return s;
+  }
+  rocksdb::IOStatus FsyncWithDirOptions(const rocksdb::IOOptions& o, rocksdb::IODebugContext* d,
+                                        const rocksdb::DirFsyncOptions& fo) override {
+    auto s = dir_->FsyncWithDirOptions(o, d, fo);
+    if (s.ok()) pc_.dir_synced(name_);
+    return s;
+  }
+  rocksdb::IOStatus Close(const rocksdb::IOOptions& o, rocksdb::IODebugContext* d) override { return dir_->Close(o, d); }
+  size_t GetUniqueId(char* id, size_t max_size) const override { return dir_->GetUniqueId(id, max_size); }
+
+ private:
+  std::unique_ptr<rocksdb::FSDirectory> dir_;
+  PowerCut::Impl& pc_;
+  std::string name_;
+};
+
 class TrackingFs final : public rocksdb::FileSystemWrapper {
  public:
   TrackingFs(std::shared_ptr<rocksdb::FileSystem> base, PowerCut::Impl& pc) : FileSystemWrapper(std::move(base)), pc_(pc) {}
@@ -64,6 +88,12 @@ class TrackingFs final : public rocksdb::FileSystemWrapper {
     if (s.ok()) pc_.renamed(src, dst);
     return s;
   }
+  rocksdb::IOStatus NewDirectory(const std::string& name, const rocksdb::IOOptions& o,
+                                 std::unique_ptr<rocksdb::FSDirectory>* r, rocksdb::IODebugContext* d) override {
+    auto s = target()->NewDirectory(name, o, r, d);
+    if (s.ok()) *r = std::make_unique<TrackedDir>(std::move(*r), pc_, name);
+    return s;
+  }
   rocksdb::IOStatus DeleteFile(const std::string& f, const rocksdb::IOOptions& o, rocksdb::IODebugContext* d) override {
     auto s = target()->DeleteFile(f, o, d);
     if (s.ok()) pc_.forget(f);
@@ -88,24 +118,54 @@ std::string canonical(const std::string& p) {
 
 void PowerCut::Impl::created(const std::string& f, bool fresh) {
   std::lock_guard lock(mu);
-  auto& e = files[canonical(f)];
-  if (fresh) e = std::nullopt;  // nothing of it is durable yet
+  auto name = canonical(f);
+  auto it = names.find(name);
+  if (it != names.end() && !fresh) return;  // reopened: as it was
+  uint64_t id = next_id++;
+  std::optional<uint64_t> durable;  // a fresh file: nothing of it is durable yet
+  if (!fresh) {                     // a file from before, reopened: what it holds now stays
+    std::error_code ec;
+    auto size = std::filesystem::file_size(name, ec);
+    durable = ec ? 0 : size;
+  }
+  names[name] = id;
+  synced_to[id] = durable;
 }
 void PowerCut::Impl::synced(const std::string& f, uint64_t size) {
   std::lock_guard lock(mu);
-  files[canonical(f)] = size;
+  auto it = names.find(canonical(f));
+  if (it != names.end()) synced_to[it->second] = size;
 }
 void PowerCut::Impl::renamed(const std::string& src, const std::string& dst) {
   std::lock_guard lock(mu);
-  auto it = files.find(canonical(src));
-  if (it == files.end()) return;
-  auto v = it->second;
-  files.erase(it);
-  files[canonical(dst)] = v;
+  auto s = canonical(src), t = canonical(dst);
+  uint64_t id;
+  if (auto it = names.find(s); it != names.end()) {
+    id = it->second;
+    names.erase(it);
+  } else {  // a file from before: its content is durable, its new name is not yet
+    id = next_id++;
+    std::error_code ec;
+    auto size = std::filesystem::file_size(t, ec);
+    synced_to[id] = ec ? 0 : size;
+    // Its old name stays in the folder's durable names until the folder is synced.
+    auto dir = std::filesystem::path(s).parent_path().string();
+    if (!durable_names.count(dir)) durable_names[dir] = {};
+    durable_names[dir].emplace(s, id);
+  }
+  names[t] = id;
 }
 void PowerCut::Impl::forget(const std::string& f) {
   std::lock_guard lock(mu);
-  files.erase(canonical(f));
+  names.erase(canonical(f));
+}
+void PowerCut::Impl::dir_synced(const std::string& dir) {
+  std::lock_guard lock(mu);
+  auto d = canonical(dir);
+  auto& durable = durable_names[d];
+  durable.clear();
+  for (auto& [name, id] : names)
+    if (std::filesystem::path(name).parent_path().string() == d) durable[name] = id;
 }
 
 PowerCut::PowerCut() : impl_(std::make_unique<Impl>()) {
@@ -118,27 +178,39 @@ Status PowerCut::copy_after_cut(const std::string& from_dir, const std::string& 
   std::error_code ec;
   std::filesystem::create_directories(to_dir, ec);
   if (ec) return Status::internal("cannot create " + to_dir + ": " + ec.message());
-  std::map<std::string, std::optional<uint64_t>> files;
+  auto dir = canonical(from_dir);
+  // name in the copy -> (where its bytes are now, bytes to keep; nullopt: all of them)
+  std::map<std::string, std::pair<std::string, std::optional<uint64_t>>> keep;
   {
     std::lock_guard lock(impl_->mu);
-    files = impl_->files;
-  }
-  for (auto& entry : std::filesystem::directory_iterator(from_dir, ec)) {
-    if (!entry.is_regular_file()) continue;
-    std::string name = canonical(entry.path().string());
-    std::optional<uint64_t> keep;  // bytes to keep; nullopt: the whole file (from before)
-    if (auto it = files.find(name); it != files.end()) {
-      if (!it->second) continue;  // created and never synced: gone
-      keep = *it->second;
+    std::map<uint64_t, std::string> where;  // file id -> its current path
+    for (auto& [name, id] : impl_->names) where[id] = name;
+    // Files from before the PowerCut, still there under their names: durable whole.
+    for (auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+      if (!entry.is_regular_file()) continue;
+      auto name = canonical(entry.path().string());
+      if (!impl_->names.count(name)) keep[entry.path().filename().string()] = {name, std::nullopt};
     }
-    std::ifstream in(entry.path(), std::ios::binary);
+    // Names the folder's last fsync made durable, each with its file's synced bytes (a file
+    // deleted since is gone: its bytes cannot be brought back here).
+    if (auto d = impl_->durable_names.find(dir); d != impl_->durable_names.end()) {
+      for (auto& [name, id] : d->second) {
+        auto now = where.find(id);
+        if (now == where.end()) continue;
+        auto synced = impl_->synced_to[id];
+        keep[std::filesystem::path(name).filename().string()] = {now->second, synced ? *synced : 0};
+      }
+    }
+  }
+  if (ec) return Status::internal("cannot list " + from_dir + ": " + ec.message());
+  for (auto& [name, what] : keep) {
+    std::ifstream in(what.first, std::ios::binary);
     std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (keep && *keep < data.size()) data.resize(*keep);
-    std::ofstream out(std::filesystem::path(to_dir) / entry.path().filename(), std::ios::binary);
+    if (what.second && *what.second < data.size()) data.resize(*what.second);
+    std::ofstream out(std::filesystem::path(to_dir) / name, std::ios::binary);
     out.write(data.data(), static_cast<std::streamsize>(data.size()));
     if (!out) return Status::internal("cannot write into " + to_dir);
   }
-  if (ec) return Status::internal("cannot list " + from_dir + ": " + ec.message());
   return Status::ok();
 }
 
