@@ -263,12 +263,12 @@ Status Client::for_each_state(const std::string& type, const std::function<void(
     }
     return out;
   };
-  std::string tp = partition::Placement::type_prefix(type);
-  auto todo = pieces_of({tp, keys::prefix_successor(tp)});
   {
     std::lock_guard lock(impl_->mu);
     if (!impl_->map.type(type)) return Status::invalid_argument("unknown entity type '" + type + "'");
   }
+  std::string tp = partition::Placement::type_prefix(type);
+  auto todo = pieces_of({tp, keys::prefix_successor(tp)});
   int64_t deadline = impl_->env->clock().now_us() + 120'000'000;
   while (!todo.empty()) {
     auto [range, owner] = std::move(todo.front());
