@@ -23,6 +23,11 @@ using messaging::Session;
 
 namespace {
 constexpr std::string_view kMapKey = "partition-map";
+// A partition frozen here for a move, with the controller that froze it: kept in the store, so
+// a source killed after the move's commit, before it learned of it, does not serve the partition
+// from its stale copy when it comes back (with the controller out of reach, on its cached map).
+constexpr std::string_view kFrozenPrefix = "frozen/";
+std::string frozen_key(uint32_t pid) { return std::string(kFrozenPrefix) + std::to_string(pid); }
 constexpr int64_t kReconnectBackoffMs = 200;
 }  // namespace
 
@@ -193,6 +198,21 @@ Status ClusterNode::load_map() {
     store = open_store_({opts_.data_dir, partition::Durability::kStrict});
   }
   if (!store) return store.status();
+  {
+    std::string begin(kFrozenPrefix);
+    std::lock_guard lock(map_mu_);
+    TANDEM_TRY((*store)->scan(partition::Cf::kMeta, begin, keys::prefix_successor(begin), [&](std::string_view k, std::string_view v) {
+      uint32_t pid = 0, by = 0;
+      auto id = k.substr(begin.size());
+      std::from_chars(id.data(), id.data() + id.size(), pid);
+      std::from_chars(v.data(), v.data() + v.size(), by);
+      if (pid) frozen_[pid] = by;
+      return true;
+    }));
+    if (!frozen_.empty())
+      log::warn("node {}: {} partition(s) stay frozen for a move that was under way when this node stopped", self_.id,
+                frozen_.size());
+  }
   auto cached = (*store)->get(partition::Cf::kMeta, kMapKey);
   if (!cached) return cached.status();
   std::optional<partition::PartitionMap> mine;
@@ -419,12 +439,20 @@ void ClusterNode::thaw_orphans(uint32_t controller) {
     }
   }
   if (thawed.empty()) return;
+  if (auto st = forget_frozen(thawed); !st) log::error("node {}: forgetting frozen partitions: {}", self_.id, st.to_string());
   log::warn("node {}: thawing {} partition(s) frozen by a controller that lost the role", self_.id, thawed.size());
   if (auto st = engine_->rearm(ranges_of(thawed)); !st) log::error("node {}: rearm: {}", self_.id, st.to_string());
 }
 
 const partition::PartitionMap& ClusterNode::newest_locked(const std::shared_ptr<const partition::PartitionMap>& newest) const {
   return newest && newest->epoch > map_.epoch ? *newest : map_;
+}
+
+Status ClusterNode::forget_frozen(const std::vector<uint32_t>& pids) {
+  if (pids.empty()) return Status::ok();
+  partition::WriteBatch b;
+  for (auto id : pids) b.del(partition::Cf::kMeta, frozen_key(id));
+  return engine_->store().write(b, true);
 }
 
 std::vector<partition::KeyRange> ClusterNode::owned_ranges(const partition::PartitionMap& m) const {
@@ -635,6 +663,7 @@ Status ClusterNode::adopt_map(partition::PartitionMap next) {
     for (auto id : lost) frozen_.erase(id);
   }
   if (!lost_ranges.empty()) TANDEM_TRY(engine_->release(lost_ranges));
+  if (!lost.empty()) TANDEM_TRY(forget_frozen(lost));
   return Status::ok();
 }
 
@@ -667,16 +696,18 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
       // Sent by a controller that just started, so no move is under way: whatever this node
       // holds of partitions it does not own is left over from a move that died; drop it. A
       // partition it still owns but froze for that move is thawed.
-      std::vector<uint32_t> thawed;
+      std::vector<uint32_t> thawed, all;
       {
         std::lock_guard lock(map_mu_);
         for (auto [id, by] : frozen_) {
           auto* p = map_.partition(id);
           if (p && p->owner == self_.id) thawed.push_back(id);
+          all.push_back(id);
         }
         frozen_.clear();
       }
       TANDEM_TRY(engine_->release(ranges_of(not_mine())));
+      TANDEM_TRY(forget_frozen(all));
       if (!thawed.empty()) {
         log::warn("node {}: thawing {} partition(s) frozen for a move that did not finish", self_.id, thawed.size());
         TANDEM_TRY(engine_->rearm(ranges_of(thawed)));
@@ -694,6 +725,9 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
       auto by = r.varint();  // the controller asking (0 from an older controller)
       frozen_[static_cast<uint32_t>(*pid)] = by ? static_cast<uint32_t>(*by) : 0;
     }
+    partition::WriteBatch b;
+    b.put(partition::Cf::kMeta, frozen_key(static_cast<uint32_t>(*pid)), std::to_string(frozen_[static_cast<uint32_t>(*pid)]));
+    TANDEM_TRY(engine_->store().write(b, true));
     TANDEM_CRASH_POINT("move:frozen_before_flush");
     engine_->flush();  // every transition of the partition is committed from here on
     return std::string("frozen");
@@ -703,6 +737,7 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
       std::lock_guard lock(map_mu_);
       frozen_.erase(static_cast<uint32_t>(*pid));
     }
+    TANDEM_TRY(forget_frozen({static_cast<uint32_t>(*pid)}));
     TANDEM_TRY(engine_->rearm(ranges));
     return std::string("unfrozen");
   }

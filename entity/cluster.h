@@ -92,6 +92,7 @@ class ClusterNode {
   // has not adopted yet), which is what ownership is judged by.
   const partition::PartitionMap& newest_locked(const std::shared_ptr<const partition::PartitionMap>& newest) const;
   // The partitions of the current map this node does not own.
+  Status forget_frozen(const std::vector<uint32_t>& pids);  // their frozen markers leave the store
   std::vector<partition::KeyRange> owned_ranges(const partition::PartitionMap& m) const;
   std::vector<uint32_t> not_mine() const;
   // Sends `m` to every other node except `skip` (best effort).

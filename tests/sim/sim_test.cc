@@ -67,7 +67,10 @@ TEST_CASE("simulation: regression seeds") {
                  Case{234, "a move aborted while its source was cut off left the partition frozen (orders never answered)"},
                  Case{1454, "the same"},
                  Case{102120, "a node that missed a split released the kept half with the half that moved (orders lost)"},
-                 Case{105539, "the same"}}) {
+                 Case{105539, "the same"},
+                 Case{103675, "a move's source killed after the commit came back on its cached map with the controller "
+                              "paused and served the moved partition from its stale copy (confirms lost); freezes now "
+                              "survive a restart"}}) {
     SimOptions o;
     o.seed = c.seed;
     auto r = run_seed(o);
