@@ -1,6 +1,7 @@
 // tandemctl: the admin CLI of a Tandem cluster.
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <future>
 #include <map>
 #include <sstream>
@@ -53,6 +54,23 @@ std::vector<std::pair<std::string, std::string>> kv_lines(const std::string& tex
 }
 
 std::string printable(const std::string& s) { return tandem::EntityRef{"", s}.to_string().substr(1); }
+
+// Asks each of `nodes` the same question; a node that does not answer is named on stderr and
+// counted (the return value), the others' answers go to `fn`.
+int each_node(tandem::entity::Client& c, const std::vector<uint32_t>& nodes, const std::string& method,
+              const std::function<void(uint32_t, const std::string&)>& fn) {
+  int failed = 0;
+  for (auto id : nodes) {
+    auto r = c.request(id, method, "");
+    if (!r) {
+      ++failed;
+      std::fprintf(stderr, "tandemctl: node %u: %s\n", id, r.status().message().c_str());
+      continue;
+    }
+    fn(id, *r);
+  }
+  return failed;
+}
 
 // Sends a map-changing command to the controller and prints what it did. Moves can take a
 // while: up to 10 minutes.
@@ -158,18 +176,11 @@ int main(int argc, char** argv) {
   }
 
   if (cmd == "stages") {
-    int failed = 0;
     if (json) std::printf("[");
     else std::printf("%-5s %-8s %12s %10s %10s %10s %12s\n", "node", "stage", "count", "p50_us", "p90_us", "p99_us", "mean_us");
     bool first = true;
-    for (auto id : nodes) {
-      auto r = c.request(id, "stages", "");
-      if (!r) {
-        ++failed;
-        std::fprintf(stderr, "tandemctl: node %u: %s\n", id, r.status().message().c_str());
-        continue;
-      }
-      for (auto& [name, text] : kv_lines(*r)) {
+    int failed = each_node(c, nodes, "stages", [&](uint32_t id, const std::string& answer) {
+      for (auto& [name, text] : kv_lines(answer)) {
         tandem::Histogram::Snapshot h;
         if (!tandem::Histogram::Snapshot::decode(text, &h)) continue;
         double mean = h.count() ? static_cast<double>(h.sum_us) / static_cast<double>(h.count()) : 0;
@@ -182,7 +193,7 @@ int main(int argc, char** argv) {
                       h.quantile_us(0.5), h.quantile_us(0.9), h.quantile_us(0.99), mean);
         first = false;
       }
-    }
+    });
     if (json) std::printf("]\n");
     return failed ? 1 : 0;
   }
@@ -241,18 +252,10 @@ int main(int argc, char** argv) {
   }
 
   if (cmd == "parked") {
-    int failed = 0;
     if (json) std::printf("[");
     bool first = true;
     size_t total = 0;
-    for (auto id : nodes) {
-      auto r = c.request(id, "parked", "");
-      if (!r) {
-        ++failed;
-        std::fprintf(stderr, "tandemctl: node %u: %s\n", id, r.status().message().c_str());
-        continue;
-      }
-      auto body = r.value();
+    int failed = each_node(c, nodes, "parked", [&](uint32_t id, const std::string& body) {
       std::vector<std::string> l;
       {
         tandem::ByteReader br(body);
@@ -272,7 +275,7 @@ int main(int argc, char** argv) {
                       l[i + 3].c_str(), l[i + 4].c_str());
         first = false;
       }
-    }
+    });
     if (json) std::printf("]\n");
     else if (total == 0 && !failed) std::printf("no parked messages\n");
     return failed ? 1 : 0;

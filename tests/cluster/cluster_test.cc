@@ -263,6 +263,16 @@ TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-
   auto parts = sh(c.ctl + "--json partitions");
   CHECK(parts.code == 0);
   CHECK(parts.text.find("\"epoch\":1") != std::string::npos);
+  // Where the demo's messages spent their time: every node answers, and commits were counted.
+  auto stages = sh(c.ctl + "stages");
+  INFO(stages.text);
+  CHECK(stages.code == 0);
+  for (const char* st : {"queue", "durable", "commit", "handoff", "relay"}) CHECK(stages.text.find(st) != std::string::npos);
+  auto js = sh(c.ctl + "--json --node 1 stages");
+  CHECK(js.code == 0);
+  CHECK(js.text.find("{\"node\":1,\"stage\":\"commit\",\"count\":") != std::string::npos);
+  CHECK(js.text.find("\"node\":2") == std::string::npos);
+  CHECK(js.text.find("\"stage\":\"commit\",\"count\":0,") == std::string::npos);
   expect_refusals(c, {
       {"", "missing command"},
       {"stauts", "unknown command 'stauts'"},
