@@ -828,10 +828,12 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
   std::string current_enc = current.encode();
   for (uint32_t n : {to, from})
     if (auto u = call_node(n, "map-update", current_enc); !u)
-      return Status::unavailable("move refused: node " + std::to_string(n) + " is unreachable: " + u.status().message());
+      return Status::unavailable("move refused, partition " + std::to_string(pid) + " stays on node " + std::to_string(from) +
+                                 ": node " + std::to_string(n) + " is unreachable: " + u.status().message());
   // A stale copy at the target (an earlier move that died before its commit) must not mix in.
   if (auto d = call_node(to, "drop", ByteWriter().varint(pid).take()); !d)
-    return Status::unavailable("move refused: node " + std::to_string(to) + " is unreachable: " + d.status().message());
+    return Status::unavailable("move refused, partition " + std::to_string(pid) + " stays on node " + std::to_string(from) +
+                               ": node " + std::to_string(to) + " is unreachable: " + d.status().message());
   if (auto f = call_node(from, "freeze", ByteWriter().varint(pid).varint(self_.id).take()); !f) return abort(f.status());
   progress(what + ": copying its rows to node " + std::to_string(to));
   auto exported = call_node(from, "export", ByteWriter().varint(pid).varint(to).take());
