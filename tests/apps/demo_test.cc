@@ -109,6 +109,7 @@ void crash_and_recover(const std::string& point, const std::vector<int>& hits, c
     CHECK(crashed.output.find("crash point reached") != std::string::npos);
     check_ok(run_demo(data, "", log));
   }
+  MESSAGE("CRASH point=" << point << " kills=" << hits.size() << " recovered=" << hits.size());
 }
 
 // Kills the demo at commit:after_write on its n-th hit, then kills the restart while it
@@ -126,6 +127,7 @@ void crash_during_recovery(const std::vector<int>& hits, const std::vector<std::
     REQUIRE_MESSAGE(second.exit_code == 137, "the recovery crash point was not reached");
     check_ok(run_demo(data, "", log));
   }
+  MESSAGE("CRASH point=recovery:outbox_resent kills=" << 2 * hits.size() << " recovered=" << hits.size());
 }
 
 }  // namespace
