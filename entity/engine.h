@@ -1,6 +1,8 @@
 // Engine: the node runtime behind Node. One serial executor runs every transition of the
 // node's entities; a second one commits sealed groups, so the next group is built while the
-// previous one is being written (and fsynced in strict durability).
+// previous one is being written (and fsynced in strict durability). A small group with no other
+// commit in flight is written on the first executor itself (NodeOptions::inline_commit_max):
+// that saves the two thread hand-offs.
 //
 // The path of one message:
 //   handler calls ctx.send -> the envelope gets the next seq of the (sender, receiver) pair
