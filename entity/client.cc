@@ -8,6 +8,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <sstream>
 
 #include <tandem/core/bytes.h>
 #include <tandem/core/env.h>
@@ -345,6 +346,21 @@ size_t Client::nodes() const { return node_ids().size(); }
 
 Result<std::string> Client::request(uint32_t node, const std::string& method, std::string body, int64_t timeout_ms) {
   return impl_->request(node, method, std::move(body), timeout_ms);
+}
+
+Result<std::vector<std::pair<std::string, Histogram::Snapshot>>> Client::stages(uint32_t node) {
+  auto r = impl_->request(node, "stages", "");
+  if (!r) return r.status();
+  // One line per stage: its name, then Histogram::Snapshot::encode().
+  std::vector<std::pair<std::string, Histogram::Snapshot>> out;
+  std::istringstream in(*r);
+  std::string name, rest;
+  while (in >> name && std::getline(in, rest)) {
+    Histogram::Snapshot h;
+    if (!Histogram::Snapshot::decode(rest, &h)) return Status::corruption("malformed stages answer from node " + std::to_string(node));
+    out.emplace_back(std::move(name), h);
+  }
+  return out;
 }
 
 void Client::refresh() { impl_->refresh_map(); }

@@ -625,7 +625,7 @@ Status ClusterNode::persist_map(const partition::PartitionMap& m) {
 }
 
 Status ClusterNode::adopt_map(partition::PartitionMap next) {
-  std::vector<uint32_t> gained, lost;
+  std::vector<uint32_t> gained, lost, thawed;
   {
     std::lock_guard lock(map_mu_);
     if (next.epoch <= map_.epoch) return Status::ok();
@@ -660,10 +660,11 @@ Status ClusterNode::adopt_map(partition::PartitionMap next) {
     std::lock_guard lock(map_mu_);
     if (next.epoch <= map_.epoch) return Status::ok();  // a newer map was adopted meanwhile
     map_ = std::move(next);
-    for (auto id : lost) frozen_.erase(id);
+    for (auto id : lost)
+      if (frozen_.erase(id)) thawed.push_back(id);
   }
   if (!lost_ranges.empty()) TANDEM_TRY(engine_->release(lost_ranges));
-  if (!lost.empty()) TANDEM_TRY(forget_frozen(lost));
+  TANDEM_TRY(forget_frozen(thawed));  // the partitions this node froze for the moves that took them
   return Status::ok();
 }
 
@@ -720,13 +721,14 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
   auto ranges = ranges_of({static_cast<uint32_t>(*pid)});
   if (ranges.empty()) return Status::invalid_argument("no partition " + std::to_string(*pid));
   if (method == "freeze") {
+    auto asked_by = r.varint();  // the controller asking (0 from an older controller)
+    uint32_t by = asked_by ? static_cast<uint32_t>(*asked_by) : 0;
     {
       std::lock_guard lock(map_mu_);
-      auto by = r.varint();  // the controller asking (0 from an older controller)
-      frozen_[static_cast<uint32_t>(*pid)] = by ? static_cast<uint32_t>(*by) : 0;
+      frozen_[static_cast<uint32_t>(*pid)] = by;
     }
     partition::WriteBatch b;
-    b.put(partition::Cf::kMeta, frozen_key(static_cast<uint32_t>(*pid)), std::to_string(frozen_[static_cast<uint32_t>(*pid)]));
+    b.put(partition::Cf::kMeta, frozen_key(static_cast<uint32_t>(*pid)), std::to_string(by));
     TANDEM_TRY(engine_->store().write(b, true));
     TANDEM_CRASH_POINT("move:frozen_before_flush");
     engine_->flush();  // every transition of the partition is committed from here on
@@ -1119,10 +1121,7 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
       return respond(Status::invalid_argument("scan range outside type '" + *type + "'"), {});
     auto owned_epoch = [&]() -> std::optional<uint64_t> {
       std::lock_guard lock(map_mu_);
-      std::vector<partition::KeyRange> mine;
-      for (auto& p : map_.partitions)
-        if (p.owner == self_.id) mine.push_back(map_.key_range(p));
-      if (!partition::subtract_ranges({{*begin, *end}}, mine).empty()) return std::nullopt;
+      if (!partition::subtract_ranges({{*begin, *end}}, owned_ranges(map_)).empty()) return std::nullopt;
       return map_.epoch;
     };
     auto before = owned_epoch();

@@ -643,7 +643,6 @@ void Engine::on_committed(uint64_t group, int64_t started_us, int64_t written_us
   inflight_commits_--;
   committed_groups_++;
   c_.commits++;
-  c_.commit_us += static_cast<uint64_t>(written_us - started_us);
   c_.commit.record(written_us - started_us);
   c_.handoff.record(now - written_us);
   view_->committed(group);
@@ -733,11 +732,12 @@ NodeStats Engine::stats() const {
   s.busy = c_.busy;
   s.timers = c_.timers;
   s.inflight_calls = static_cast<uint64_t>(std::max(0, c_.inflight.load()));
-  s.commit_ms_avg = s.commits ? static_cast<double>(c_.commit_us) / 1000.0 / static_cast<double>(s.commits) : 0;
+  auto commit = c_.commit.snapshot();
+  s.commit_ms_avg = commit.count() ? static_cast<double>(commit.sum_us) / 1000.0 / static_cast<double>(commit.count()) : 0;
   s.transitions_per_commit_max = c_.max_per_commit;
   s.stages = {{"queue", c_.queue.snapshot()},
               {"durable", c_.durable.snapshot()},
-              {"commit", c_.commit.snapshot()},
+              {"commit", commit},
               {"handoff", c_.handoff.snapshot()},
               {"relay", c_.relay.snapshot()}};
   return s;

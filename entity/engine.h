@@ -204,7 +204,7 @@ class Engine final : public messaging::Inbound {
   std::unordered_map<std::string, Waiting> calls_;
 
   struct Counters {
-    std::atomic<uint64_t> applied{0}, duplicates{0}, parked{0}, failures{0}, commits{0}, commit_us{0},
+    std::atomic<uint64_t> applied{0}, duplicates{0}, parked{0}, failures{0}, commits{0},
         max_per_commit{0}, outbox_depth{0}, relay_retries{0}, ready{0}, timers{0}, busy{0}, inbox{0};
     std::atomic<int> inflight{0};
     // Where a message's time goes (see NodeStats::stages).

@@ -31,15 +31,8 @@ void Relay::add(const std::string& row_key, Envelope env) {
   auto [it, inserted] = pending_.try_emplace(row_key);
   if (!inserted) return;
   it->second.env = std::move(env);
-  it->second.added_ms = clock_.wall_ms();
   it->second.added_us = clock_.now_us();
   send(row_key);
-}
-
-int64_t Relay::oldest_age_ms(int64_t now_ms) const {
-  int64_t oldest = now_ms;
-  for (auto& [k, p] : pending_) oldest = std::min(oldest, p.added_ms);
-  return now_ms - oldest;
 }
 
 int64_t Relay::backoff_us(uint32_t attempts) {

@@ -197,8 +197,9 @@ Status PowerCut::copy_after_cut(const std::string& from_dir, const std::string& 
       for (auto& [name, id] : d->second) {
         auto now = where.find(id);
         if (now == where.end()) continue;
-        auto synced = impl_->synced_to[id];
-        keep[std::filesystem::path(name).filename().string()] = {now->second, synced ? *synced : 0};
+        auto synced = impl_->synced_to.find(id);
+        uint64_t bytes = synced != impl_->synced_to.end() && synced->second ? *synced->second : 0;
+        keep[std::filesystem::path(name).filename().string()] = {now->second, bytes};
       }
     }
   }

@@ -17,7 +17,6 @@
 #include <filesystem>
 #include <functional>
 #include <map>
-#include <sstream>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -504,26 +503,22 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
                 durability.c_str(), a.max_per_s, a.rate, a.lat_ms.p50, a.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(a.errors));
     std::fflush(stdout);
     // Where the time goes on each node during the open loop: stage histograms read before and after.
-    std::map<uint32_t, std::map<std::string, tandem::Histogram::Snapshot>> before;
-    auto stages = [&c](std::map<uint32_t, std::map<std::string, tandem::Histogram::Snapshot>>& into) {
-      for (uint32_t id : c.node_ids()) {
-        auto r = c.request(id, "stages", "");
-        if (!r) continue;
-        std::istringstream in(*r);
-        std::string name, rest;
-        while (in >> name && std::getline(in, rest)) tandem::Histogram::Snapshot::decode(rest, &into[id][name]);
-      }
+    using Stages = std::vector<std::pair<std::string, tandem::Histogram::Snapshot>>;
+    std::map<uint32_t, Stages> before, after;
+    auto stages = [&c](std::map<uint32_t, Stages>& into) {
+      for (uint32_t id : c.node_ids())
+        if (auto s = c.stages(id)) into[id] = std::move(*s);
     };
-    std::map<uint32_t, std::map<std::string, tandem::Histogram::Snapshot>> after;
     auto b = load(c, on1, on2, "ee", seconds, opts.load, [&](bool starts) { stages(starts ? before : after); });
     std::printf("RESULT bench=request_reply kind=entity_to_entity_cross_node durability=%s max_per_s=%.0f "
                 "at_per_s=%.0f p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
                 durability.c_str(), b.max_per_s, b.rate, b.lat_ms.p50, b.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(b.errors));
-    for (auto& [id, m] : after) {
+    for (auto& [id, now] : after) {
+      if (before[id].size() != now.size()) continue;
       std::printf("STAGES node=%u (open loop, us: p50/p99)", id);
-      for (const char* name : {"queue", "durable", "commit", "handoff", "relay"}) {
-        auto d = m[name].minus(before[id][name]);
-        std::printf(" %s=%.0f/%.0f", name, d.quantile_us(0.5), d.quantile_us(0.99));
+      for (size_t i = 0; i < now.size(); ++i) {
+        auto d = now[i].second.minus(before[id][i].second);
+        std::printf(" %s=%.0f/%.0f", now[i].first.c_str(), d.quantile_us(0.5), d.quantile_us(0.99));
       }
       std::printf("\n");
     }

@@ -1,7 +1,6 @@
 // tandemctl: the admin CLI of a Tandem cluster.
 #include <algorithm>
 #include <cstdio>
-#include <functional>
 #include <future>
 #include <map>
 #include <sstream>
@@ -9,7 +8,6 @@
 #include <vector>
 
 #include <tandem/core/bytes.h>
-#include <tandem/core/histogram.h>
 #include <tandem/core/log.h>
 #include <tandem/entity/client.h>
 #include <tandem/partition/partition_map.h>
@@ -55,19 +53,19 @@ std::vector<std::pair<std::string, std::string>> kv_lines(const std::string& tex
 
 std::string printable(const std::string& s) { return tandem::EntityRef{"", s}.to_string().substr(1); }
 
-// Asks each of `nodes` the same question; a node that does not answer is named on stderr and
-// counted (the return value), the others' answers go to `fn`.
-int each_node(tandem::entity::Client& c, const std::vector<uint32_t>& nodes, const std::string& method,
-              const std::function<void(uint32_t, const std::string&)>& fn) {
+// Asks each of `nodes` (`ask(id)` gives a Result); a node that does not answer is named on
+// stderr and counted (the return value), the others' answers go to `use(id, answer)`.
+template <class Ask, class Use>
+int each_node(const std::vector<uint32_t>& nodes, Ask ask, Use use) {
   int failed = 0;
   for (auto id : nodes) {
-    auto r = c.request(id, method, "");
+    auto r = ask(id);
     if (!r) {
       ++failed;
       std::fprintf(stderr, "tandemctl: node %u: %s\n", id, r.status().message().c_str());
       continue;
     }
-    fn(id, *r);
+    use(id, *r);
   }
   return failed;
 }
@@ -117,8 +115,7 @@ int main(int argc, char** argv) {
   }
   tandem::log::set_level("error");
   const std::string& cmd = command.name;
-  std::vector<std::string> args{cmd};
-  args.insert(args.end(), command.args.begin(), command.args.end());
+  const std::vector<std::string>& args = command.args;
   bool json = command.json;
 
   tandem::entity::Client::Options o;
@@ -179,10 +176,8 @@ int main(int argc, char** argv) {
     if (json) std::printf("[");
     else std::printf("%-5s %-8s %12s %10s %10s %10s %12s\n", "node", "stage", "count", "p50_us", "p90_us", "p99_us", "mean_us");
     bool first = true;
-    int failed = each_node(c, nodes, "stages", [&](uint32_t id, const std::string& answer) {
-      for (auto& [name, text] : kv_lines(answer)) {
-        tandem::Histogram::Snapshot h;
-        if (!tandem::Histogram::Snapshot::decode(text, &h)) continue;
+    int failed = each_node(nodes, [&](uint32_t id) { return c.stages(id); }, [&](uint32_t id, const auto& stages) {
+      for (auto& [name, h] : stages) {
         double mean = h.count() ? static_cast<double>(h.sum_us) / static_cast<double>(h.count()) : 0;
         if (json)
           std::printf("%s{\"node\":%u,\"stage\":\"%s\",\"count\":%llu,\"p50_us\":%.0f,\"p90_us\":%.0f,\"p99_us\":%.0f,\"mean_us\":%.1f}",
@@ -223,8 +218,7 @@ int main(int argc, char** argv) {
   }
 
   if (cmd == "inspect") {
-    tandem::EntityRef ref{args[1], args[2]};
-    if (auto v = tandem::validate_ref(ref); !v) return usage_error(v.message());
+    tandem::EntityRef ref{args[0], args[1]};  // checked by the parser
     uint32_t owner = c.owner_of(ref);
     if (owner == 0) {
       std::fprintf(stderr, "tandemctl: unknown entity type '%s'\n", ref.type.c_str());
@@ -255,7 +249,7 @@ int main(int argc, char** argv) {
     if (json) std::printf("[");
     bool first = true;
     size_t total = 0;
-    int failed = each_node(c, nodes, "parked", [&](uint32_t id, const std::string& body) {
+    int failed = each_node(nodes, [&](uint32_t id) { return c.request(id, "parked", ""); }, [&](uint32_t id, const std::string& body) {
       std::vector<std::string> l;
       {
         tandem::ByteReader br(body);
@@ -305,9 +299,9 @@ int main(int argc, char** argv) {
   }
 
   if (cmd == "redrive") {
-    tandem::Status last = tandem::Status::not_found("no node holds parked message " + args[1]);
+    tandem::Status last = tandem::Status::not_found("no node holds parked message " + args[0]);
     for (auto id : nodes) {
-      auto r = c.request(id, "redrive", args[1]);
+      auto r = c.request(id, "redrive", args[0]);
       if (r) {
         std::printf("redriven on node %u\n", id);
         return 0;

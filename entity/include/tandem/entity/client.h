@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <tandem/core/env.h>
+#include <tandem/core/histogram.h>
 #include <tandem/entity/gateway.h>
 
 namespace tandem::entity {
@@ -43,6 +44,8 @@ class Client final : public Gateway {
   // The same without waiting: `done` runs on the client's network thread with the answer.
   void request_async(uint32_t node, const std::string& method, std::string body,
                      std::function<void(Result<std::string>)> done);
+  // Where messages spent their time on `node` since it started (NodeStats::stages), in order.
+  Result<std::vector<std::pair<std::string, Histogram::Snapshot>>> stages(uint32_t node);
   // Fetches the map again (after a move or split).
   void refresh();
   // Counters from the partition map's history.

@@ -43,8 +43,6 @@ class Relay {
   }
   size_t depth() const { return pending_.size(); }
   uint64_t retries() const { return retries_; }
-  // Oldest pending row's age in ms (0 when empty).
-  int64_t oldest_age_ms(int64_t now_ms) const;
   void stop();
 
  private:
@@ -52,7 +50,6 @@ class Relay {
     Envelope env;
     uint32_t attempts = 0;
     uint64_t generation = 0;
-    int64_t added_ms = 0;
     int64_t added_us = 0;  // steady clock
   };
   struct Gate;
