@@ -752,7 +752,8 @@ bool Engine::quiescent() const {
       inbox_empty = inbox_.empty();
     }
     return inbox_empty && ready_.empty() && inflight_commits_ == 0 && open_.empty() && view_->open_writes() == 0 &&
-           relay_->depth() == 0 && attempts_.empty();
+           relay_->depth() == 0 && attempts_.empty() && (!faulty_transport_ || faulty_transport_->in_flight() == 0) &&
+           (!faulty_remote_ || faulty_remote_->in_flight() == 0);
   });
 }
 

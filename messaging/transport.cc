@@ -39,8 +39,11 @@ void FaultyTransport::send(const Envelope& env, AckFn ack) {
     if (p.delay_us == 0) {
       inner_.send(env, ack);
     } else {
-      timers_.post_after(std::chrono::microseconds(p.delay_us),
-                         [this, env, ack] { inner_.send(env, ack); });
+      in_flight_.fetch_add(1, std::memory_order_acq_rel);
+      timers_.post_after(std::chrono::microseconds(p.delay_us), [this, env, ack] {
+        inner_.send(env, ack);
+        in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+      });
     }
   }
 }

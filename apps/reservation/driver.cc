@@ -181,8 +181,12 @@ DemoResult run_demo(Gateway& node, tandem::Clock& clock, const DemoOptions& o) {
     auto q = node.quiescent();
     return q.is_ok() && *q;
   };
-  while (!quiet() && clock.now_us() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  if (!quiet()) {
+  bool quiesced = quiet();
+  while (!quiesced && clock.now_us() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    quiesced = quiet();
+  }
+  if (!quiesced) {
     res.invariant = "FAILED:did not quiesce (messages still queued or unacknowledged)";
     return res;
   }

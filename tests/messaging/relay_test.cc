@@ -109,3 +109,27 @@ TEST_CASE("acknowledged rows are not sent again when their ack deadline passes")
   REQUIRE(testing::wait_until([&] { return f.transport.count() >= 102; }, std::chrono::seconds(5)));
   CHECK(f.acked_count() == 100);
 }
+
+TEST_CASE("a delayed copy counts as in flight until the inner transport has it") {
+  auto env = make_real_env();
+  auto timers = env->make_executor("fault-timers");
+  ScriptedTransport inner;
+  FaultOptions fo;
+  fo.duplicate = 1;  // every envelope three times
+  fo.delay = 1;      // every copy delayed
+  fo.max_delay_us = 200'000;
+  FaultyTransport faulty(inner, *timers, fo);
+  Envelope e;
+  e.seq = 1;
+  std::atomic<int> acks{0};
+  faulty.send(e, [&](Status) { acks++; });
+  // Every copy is counted somewhere: still in flight, or already with the inner transport (a
+  // copy handed over between the two reads counts twice, never zero times).
+  uint64_t pending = faulty.in_flight();
+  CHECK(pending + inner.count() >= 3);
+  CHECK(pending >= 1);
+  REQUIRE(tandem::testing::wait_until([&] { return inner.count() == 3; }));
+  CHECK(faulty.in_flight() == 0);
+  CHECK(acks.load() == 3);
+  timers.reset();
+}

@@ -3,6 +3,7 @@
 // the cluster) the TCP transport all implement Transport.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -61,6 +62,9 @@ class FaultyTransport final : public Transport {
     uint64_t sent = 0, duplicated = 0, dropped = 0, delayed = 0;
   };
   Counters counters() const;
+  // Delayed copies not yet handed to the inner transport: a node counting only its own
+  // queues would look idle while one of these is still to arrive.
+  uint64_t in_flight() const { return in_flight_.load(std::memory_order_acquire); }
 
  private:
   Transport& inner_;
@@ -69,6 +73,7 @@ class FaultyTransport final : public Transport {
   mutable std::mutex mu_;
   Random random_;
   Counters counters_;
+  std::atomic<uint64_t> in_flight_{0};
 };
 
 }  // namespace tandem::messaging
