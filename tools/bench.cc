@@ -4,7 +4,11 @@
 //   tandem-bench transitions [--seconds S] [--durability strict|relaxed] [--entities N]
 //   tandem-bench memory [--entities N]
 //   tandem-bench demo [--orders N] [--items N] [--concurrency N]
-//   tandem-bench cluster [--seconds S] [--load F]  starts a 3-node local cluster of this binary
+//   tandem-bench cluster [--seconds S] [--load F] [--trace PREFIX] [--keep]
+//                                          starts a 3-node local cluster of this binary;
+//                                          --trace writes each open-loop call (fire time, latency)
+//                                          to PREFIX.ce / PREFIX.ee, --keep leaves the cluster's
+//                                          folder (node logs, RocksDB LOGs) in place
 //   tandem-bench node --config F --id N    (a node of that cluster)
 //   tandem-bench all
 #include <algorithm>
@@ -159,6 +163,8 @@ struct Opts {
   uint64_t orders = 10'000, items = 1'000, concurrency = 256;
   double load = 0.5;  // cluster bench: the open-loop rate as a fraction of the closed-loop maximum
   std::string meta = "embedded";  // move bench: embedded or etcd (a local etcd)
+  std::string trace;              // cluster bench: per-call trace files (prefix)
+  bool keep = false;              // cluster bench: keep the cluster's folder
 };
 
 // The demo as the bench flags ask for it, without progress lines.
@@ -368,13 +374,14 @@ struct LoadResult {
   uint64_t errors = 0;
 };
 LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to, const std::vector<std::string>& targets,
-                const std::string& tag, double seconds, double load_fraction,
+                const std::string& tag, double seconds, double load_fraction, const std::string& trace_prefix,
                 const std::function<void(bool open_loop_starts)>& around_open_loop = {}) {
   LoadResult r;
   std::mutex mu;
   std::condition_variable cv;
   uint64_t outstanding = 0, completed = 0, n = 0;
   std::vector<double> lat;
+  std::vector<std::pair<double, double>> trace;  // (fire time s, latency ms) of the open loop
   auto fire = [&](size_t slot, bool record) {
     double t0 = now_s();
     std::string target = targets.empty() ? "" : targets[slot % targets.size()];
@@ -383,7 +390,10 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
                       [&, t0, record](tandem::entity::ClientReply rep) {
                         std::lock_guard lock(mu);
                         if (!rep.status) ++r.errors;
-                        if (record) lat.push_back((now_s() - t0) * 1e3);
+                        if (record) {
+                          lat.push_back((now_s() - t0) * 1e3);
+                          trace.emplace_back(t0, lat.back());
+                        }
                         --outstanding;
                         ++completed;
                         cv.notify_all();
@@ -428,6 +438,12 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
     cv.wait_for(lock, std::chrono::seconds(30), [&] { return outstanding == 0; });
   }
   if (around_open_loop) around_open_loop(false);
+  if (!trace_prefix.empty()) {  // one line per call: ms since the open loop began, latency ms
+    std::ofstream out(trace_prefix + "." + tag);
+    double wall = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    out << std::fixed << "# open loop began at wall " << wall - (now_s() - start) << " steady " << start << '\n';
+    for (auto& [t, l] : trace) out << (t - start) * 1e3 << ' ' << l << '\n';
+  }
   r.lat_ms = percentiles(lat);
   return r;
 }
@@ -436,6 +452,7 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
 struct LocalCluster {
   std::string dir, types, env, launcher;
   bool up = false;
+  bool keep = false;  // leave the folder (node logs, RocksDB LOGs) for a look afterwards
   LocalCluster(const std::string& name, const std::string& self_bin, const std::string& type_lines,
                const std::string& durability, int base_port, const std::string& meta = "embedded") {
     dir = scratch(name);
@@ -452,7 +469,7 @@ struct LocalCluster {
   }
   ~LocalCluster() {
     if (std::system((env + launcher + " down > /dev/null").c_str()) != 0) std::fprintf(stderr, "tandem-bench: cluster down failed\n");
-    std::filesystem::remove_all(dir);
+    if (!keep) std::filesystem::remove_all(dir);
     std::filesystem::remove(types);
   }
   std::string config() const { return dir + "/cluster.conf"; }
@@ -475,6 +492,7 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
                   "type runner hash partitions=3\n",
                   durability, 27100);
   if (!lc.up) return 1;
+  lc.keep = opts.keep;
   Percentiles rtt;
   double loop_per_s = 0;
   loopback_baseline(seconds, rtt, loop_per_s);
@@ -497,31 +515,37 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
       if (owner == 1 && on1.size() < 64) on1.push_back(r);
       if (owner == 2 && on2.size() < 64) on2.push_back(r.key);
     }
-    auto a = load(c, on1, {}, "ce", seconds, opts.load);
-    std::printf("RESULT bench=request_reply kind=client_to_entity durability=%s max_per_s=%.0f at_per_s=%.0f "
-                "p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
-                durability.c_str(), a.max_per_s, a.rate, a.lat_ms.p50, a.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(a.errors));
-    std::fflush(stdout);
-    // Where the time goes on each node during the open loop: stage histograms read before and after.
     using Stages = std::vector<std::pair<std::string, tandem::Histogram::Snapshot>>;
     std::map<uint32_t, Stages> before, after;
     auto stages = [&c](std::map<uint32_t, Stages>& into) {
       for (uint32_t id : c.node_ids())
         if (auto s = c.stages(id)) into[id] = std::move(*s);
     };
-    auto b = load(c, on1, on2, "ee", seconds, opts.load, [&](bool starts) { stages(starts ? before : after); });
+    auto print_stages = [](const char* kind, std::map<uint32_t, Stages>& from, std::map<uint32_t, Stages>& to) {
+      for (auto& [id, now] : to) {
+        if (from[id].size() != now.size()) continue;
+        std::printf("STAGES %s node=%u (open loop, us: p50/p99/max)", kind, id);
+        for (size_t i = 0; i < now.size(); ++i) {
+          auto d = now[i].second.minus(from[id][i].second);
+          std::printf(" %s=%.0f/%.0f/%.0f", now[i].first.c_str(), d.quantile_us(0.5), d.quantile_us(0.99),
+                      d.quantile_us(1.0));
+        }
+        std::printf("\n");
+      }
+    };
+    std::map<uint32_t, Stages> before_ce, after_ce;
+    auto a = load(c, on1, {}, "ce", seconds, opts.load, opts.trace, [&](bool starts) { stages(starts ? before_ce : after_ce); });
+    std::printf("RESULT bench=request_reply kind=client_to_entity durability=%s max_per_s=%.0f at_per_s=%.0f "
+                "p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
+                durability.c_str(), a.max_per_s, a.rate, a.lat_ms.p50, a.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(a.errors));
+    print_stages("client_to_entity", before_ce, after_ce);
+    std::fflush(stdout);
+    // Where the time goes on each node during the open loop: stage histograms read before and after.
+    auto b = load(c, on1, on2, "ee", seconds, opts.load, opts.trace, [&](bool starts) { stages(starts ? before : after); });
     std::printf("RESULT bench=request_reply kind=entity_to_entity_cross_node durability=%s max_per_s=%.0f "
                 "at_per_s=%.0f p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
                 durability.c_str(), b.max_per_s, b.rate, b.lat_ms.p50, b.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(b.errors));
-    for (auto& [id, now] : after) {
-      if (before[id].size() != now.size()) continue;
-      std::printf("STAGES node=%u (open loop, us: p50/p99)", id);
-      for (size_t i = 0; i < now.size(); ++i) {
-        auto d = now[i].second.minus(before[id][i].second);
-        std::printf(" %s=%.0f/%.0f", now[i].first.c_str(), d.quantile_us(0.5), d.quantile_us(0.99));
-      }
-      std::printf("\n");
-    }
+    print_stages("entity_to_entity", before, after);
     std::fflush(stdout);
     reservation::DemoOptions d = demo_options(opts);
     auto env2 = tandem::make_real_env();
@@ -667,7 +691,7 @@ int main(int argc, char** argv) {
   const char* usage =
       "usage: tandem-bench transitions|memory|demo|all [--seconds S] [--durability strict|relaxed]\n"
       "                    [--entities N] [--orders N] [--items N] [--concurrency N]\n"
-      "       tandem-bench cluster [--load F] [--durability strict|relaxed]\n"
+      "       tandem-bench cluster [--load F] [--durability strict|relaxed] [--trace PREFIX] [--keep]\n"
       "       tandem-bench move [--entities N] [--meta embedded|etcd]\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
@@ -682,7 +706,7 @@ int main(int argc, char** argv) {
     node.add<reservation::Item>();
     return node.run();
   }
-  auto f = tandem::Flags::parse(argc, argv, 2, {"seconds", "durability", "entities", "orders", "items", "concurrency", "load", "meta"}, {});
+  auto f = tandem::Flags::parse(argc, argv, 2, {"seconds", "durability", "entities", "orders", "items", "concurrency", "load", "meta", "trace"}, {"keep"});
   if (!f) {
     std::fprintf(stderr, "tandem-bench: %s\n%s", f.status().to_string().c_str(), usage);
     return 2;
@@ -697,6 +721,8 @@ int main(int argc, char** argv) {
   o.concurrency = f->u64("concurrency", o.concurrency).value();
   o.load = f->f64("load", o.load).value();
   o.meta = f->str("meta", "embedded");
+  o.trace = f->str("trace", "");
+  o.keep = f->has("keep");
   if (o.meta != "embedded" && o.meta != "etcd") {
     std::fprintf(stderr, "tandem-bench: --meta is embedded or etcd (a local etcd), not '%s'\n", o.meta.c_str());
     return 2;
