@@ -13,7 +13,9 @@
 //   tandem-bench all
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
+#include <ctime>
 #include <future>
 #include <mutex>
 #include <random>
@@ -366,6 +368,46 @@ void loopback_baseline(double seconds, Percentiles& rtt_us, double& per_s) {
   server->stop();
 }
 
+// Slow calls of a trace grouped into windows (calls fired within 5 ms of each other), the three
+// with the most calls printed with their wall-clock time, to match against node and RocksDB logs.
+void print_slow_windows(const std::string& tag, std::vector<std::pair<double, double>> calls, double start_s,
+                        double start_wall_s) {
+  if (calls.empty()) return;
+  std::vector<double> lats;
+  for (auto& c : calls) lats.push_back(c.second);
+  std::sort(lats.begin(), lats.end());
+  double slow_ms = std::max(5.0, lats[lats.size() * 99 / 100] / 2);
+  std::sort(calls.begin(), calls.end());
+  struct Window {
+    double first_s, last_s, max_ms;
+    size_t n;
+  };
+  std::vector<Window> w;
+  for (auto& [t, l] : calls) {
+    if (l < slow_ms) continue;
+    if (!w.empty() && t - w.back().last_s < 0.005) {
+      w.back().last_s = t;
+      w.back().max_ms = std::max(w.back().max_ms, l);
+      w.back().n++;
+    } else {
+      w.push_back({t, t, l, 1});
+    }
+  }
+  size_t slow = 0;
+  for (auto& x : w) slow += x.n;
+  std::sort(w.begin(), w.end(), [](auto& a, auto& b) { return a.n > b.n; });
+  std::printf("TRACE %s calls=%zu slow=%zu (>= %.1f ms) windows=%zu", tag.c_str(), calls.size(), slow, slow_ms, w.size());
+  for (size_t i = 0; i < w.size() && i < 3; ++i) {
+    auto secs = static_cast<time_t>(start_wall_s + (w[i].first_s - start_s));
+    char hms[16];
+    std::strftime(hms, sizeof hms, "%H:%M:%S", std::localtime(&secs));
+    double frac = std::fmod(start_wall_s + (w[i].first_s - start_s), 1.0);
+    std::printf(" | %s.%03d +%.0f ms: %zu calls, max %.1f ms", hms, static_cast<int>(frac * 1000),
+                (w[i].last_s - w[i].first_s) * 1e3, w[i].n, w[i].max_ms);
+  }
+  std::printf("\n");
+}
+
 // Closed loop at `concurrency` for `seconds`, then open loop at half the rate reached.
 struct LoadResult {
   double max_per_s = 0;
@@ -440,9 +482,11 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
   if (around_open_loop) around_open_loop(false);
   if (!trace_prefix.empty()) {  // one line per call: ms since the open loop began, latency ms
     std::ofstream out(trace_prefix + "." + tag);
-    double wall = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-    out << std::fixed << "# open loop began at wall " << wall - (now_s() - start) << " steady " << start << '\n';
+    double began_wall =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count() - (now_s() - start);
+    out << std::fixed << "# open loop began at wall " << began_wall << " steady " << start << '\n';
     for (auto& [t, l] : trace) out << (t - start) * 1e3 << ' ' << l << '\n';
+    print_slow_windows(tag, trace, start, began_wall);
   }
   r.lat_ms = percentiles(lat);
   return r;
@@ -524,11 +568,11 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
     auto print_stages = [](const char* kind, std::map<uint32_t, Stages>& from, std::map<uint32_t, Stages>& to) {
       for (auto& [id, now] : to) {
         if (from[id].size() != now.size()) continue;
-        std::printf("STAGES %s node=%u (open loop, us: p50/p99/max)", kind, id);
+        std::printf("STAGES %s node=%u (open loop, us: p50/p99/max count)", kind, id);
         for (size_t i = 0; i < now.size(); ++i) {
           auto d = now[i].second.minus(from[id][i].second);
-          std::printf(" %s=%.0f/%.0f/%.0f", now[i].first.c_str(), d.quantile_us(0.5), d.quantile_us(0.99),
-                      d.quantile_us(1.0));
+          std::printf(" %s=%.0f/%.0f/%.0f/%llu", now[i].first.c_str(), d.quantile_us(0.5), d.quantile_us(0.99),
+                      d.quantile_us(1.0), static_cast<unsigned long long>(d.count()));
         }
         std::printf("\n");
       }
