@@ -86,6 +86,20 @@ Result<std::unique_ptr<partition::Store>> open_rocks_store(const partition::Stor
   return partition::Store::open(so);
 }
 
+bool expired_client_reply(const partition::Placement& placement, std::string_view key, std::string_view value,
+                          int64_t now_ms) {
+  EntityRef owner;
+  std::string_view rest;
+  if (!placement.decode_entity(key, owner, rest) || rest.empty() || rest[0] != 'p') return false;
+  keys::Reader r(rest.substr(1));
+  auto partner_type = r.bytes();
+  if (!partner_type || *partner_type != kClientType || !r.bytes()) return false;
+  auto tail = r.rest();
+  if (tail.empty() || tail[0] != 'r') return false;
+  auto row = ReplyRow::decode(value);
+  return row && row->done && row->expires_ms <= now_ms;
+}
+
 Engine::Engine(Env& env, const Registry& registry, NodeOptions opts)
     : env_(env), registry_(registry), opts_(std::move(opts)) {
   for (auto& [name, t] : registry_.types()) {
@@ -106,7 +120,13 @@ Status Engine::start() {
   if (opts_.data_dir.empty()) return Status::invalid_argument("data_dir is empty");
   if (opts_.max_batch == 0 || opts_.max_attempts <= 0)
     return Status::invalid_argument("max_batch and max_attempts must be positive");
-  auto store = open_store_({opts_.data_dir, durability_});
+  partition::StoreOptions so{opts_.data_dir, durability_};
+  compaction_now_ms_->store(env_.clock().wall_ms(), std::memory_order_relaxed);
+  so.drop_on_compaction = [placement = std::make_shared<const partition::Placement>(placement_),
+                           now = compaction_now_ms_](partition::Cf cf, std::string_view k, std::string_view v) {
+    return cf == Cf::kActivity && expired_client_reply(*placement, k, v, now->load(std::memory_order_relaxed));
+  };
+  auto store = open_store_(so);
   if (!store) return store.status();
   store_ = std::move(*store);
   view_ = std::make_unique<partition::View>(*store_, opts_.cache_entries);
@@ -681,6 +701,7 @@ void Engine::on_relay_acked(const std::string& row_key) {
 
 void Engine::fire_due_timers() {
   int64_t now = env_.clock().wall_ms();
+  compaction_now_ms_->store(now, std::memory_order_relaxed);
   while (!timers_.empty() && timers_.begin()->due_ms <= now) {
     auto t = *timers_.begin();
     timers_.erase(timers_.begin());

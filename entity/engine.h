@@ -50,6 +50,12 @@ inline constexpr int kFencedExitCode = 75;
 using StoreOpener = std::function<Result<std::unique_ptr<partition::Store>>(const partition::StoreOptions&)>;
 Result<std::unique_ptr<partition::Store>> open_rocks_store(const partition::StoreOptions& so);
 
+// True for an activity row that is a client request's reply, answered, and past its retention
+// at `now_ms`: reads already treat it as absent, so a compaction may drop it (without this the
+// replies of every client request ever made would stay on disk).
+bool expired_client_reply(const partition::Placement& placement, std::string_view key, std::string_view value,
+                          int64_t now_ms);
+
 class Engine final : public messaging::Inbound {
  public:
   Engine(Env& env, const Registry& registry, NodeOptions opts);
@@ -175,6 +181,8 @@ class Engine final : public messaging::Inbound {
   std::unique_ptr<RoutingTransport> routing_;
   std::unique_ptr<messaging::Relay> relay_;
   std::unique_ptr<Random> random_;
+  // The engine's wall clock as of its last step, for the compaction filter's threads.
+  std::shared_ptr<std::atomic<int64_t>> compaction_now_ms_ = std::make_shared<std::atomic<int64_t>>(0);
 
   mutable std::mutex inbox_mu_;
   std::vector<Work> inbox_;

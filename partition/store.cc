@@ -1,5 +1,6 @@
 #include <tandem/partition/store.h>
 
+#include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
@@ -75,13 +76,37 @@ void WriteBatch::clear() {
   rep_->bytes = 0;
 }
 
+// Asks a DropFn about each row of one family as a compaction passes it.
+class DropFilter final : public rocksdb::CompactionFilter {
+ public:
+  DropFilter(Cf cf, DropFn drop) : cf_(cf), drop_(std::move(drop)) {}
+  bool Filter(int /*level*/, const rocksdb::Slice& key, const rocksdb::Slice& value, std::string* /*new_value*/,
+              bool* /*value_changed*/) const override {
+    return drop_(cf_, std::string_view(key.data(), key.size()), std::string_view(value.data(), value.size()));
+  }
+  const char* Name() const override { return "tandem.DropFilter"; }
+
+ private:
+  Cf cf_;
+  DropFn drop_;
+};
+
 class RocksStore final : public Store {
  public:
-  RocksStore(rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles, Durability d)
-      : db_(db), handles_(std::move(handles)), durability_(d) {}
+  RocksStore(rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles, Durability d,
+             std::vector<std::unique_ptr<DropFilter>> filters)
+      : db_(db), handles_(std::move(handles)), durability_(d), filters_(std::move(filters)) {}
   ~RocksStore() override {
     for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
-    delete db_;
+    delete db_;  // before the filters it uses
+  }
+
+  Status compact(Cf cf) override {
+    rocksdb::CompactRangeOptions o;
+    o.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+    auto s = db_->CompactRange(o, h(cf), nullptr, nullptr);
+    if (!s.ok()) return Status::internal("rocksdb compact: " + s.ToString());
+    return Status::ok();
   }
 
   Durability durability() const override { return durability_; }
@@ -138,6 +163,7 @@ class RocksStore final : public Store {
   rocksdb::DB* db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // [default, state, activity, outbox, timer, meta]
   Durability durability_;
+  std::vector<std::unique_ptr<DropFilter>> filters_;
 };
 
 Result<std::unique_ptr<Store>> Store::open(const StoreOptions& opts) {
@@ -154,12 +180,20 @@ Result<std::unique_ptr<Store>> Store::open(const StoreOptions& opts) {
   cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   cfs.emplace_back(rocksdb::kDefaultColumnFamilyName, cfo);
-  for (int i = 0; i < kNumCfs; ++i) cfs.emplace_back(std::string(cf_name(static_cast<Cf>(i))), cfo);
+  std::vector<std::unique_ptr<DropFilter>> filters;
+  for (int i = 0; i < kNumCfs; ++i) {
+    auto o = cfo;
+    if (opts.drop_on_compaction) {
+      filters.push_back(std::make_unique<DropFilter>(static_cast<Cf>(i), opts.drop_on_compaction));
+      o.compaction_filter = filters.back().get();
+    }
+    cfs.emplace_back(std::string(cf_name(static_cast<Cf>(i))), o);
+  }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
   auto s = rocksdb::DB::Open(rocksdb::DBOptions(o), opts.path, cfs, &handles, &db);
   if (!s.ok()) return Status::internal("cannot open store at " + opts.path + ": " + s.ToString());
-  std::unique_ptr<Store> store = std::make_unique<RocksStore>(db, std::move(handles), opts.durability);
+  std::unique_ptr<Store> store = std::make_unique<RocksStore>(db, std::move(handles), opts.durability, std::move(filters));
   return store;
 }
 

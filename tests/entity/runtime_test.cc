@@ -1,6 +1,14 @@
 #include <doctest/doctest.h>
 
+#include <thread>
+
+#include <tandem/partition/placement.h>
+#include <tandem/partition/store.h>
+
+#include "engine.h"
 #include "node_fixture.h"
+#include "records.h"
+#include "row_keys.h"
 
 using namespace tt;
 using tandem::Code;
@@ -212,4 +220,68 @@ TEST_CASE_FIXTURE(NodeFixture, "backpressure: at the outbox cap new calls get an
   CHECK(counter("dst") == accepted);
   auto again = call<Add>({"counter", "src-late"}, "bp-late", [](Add::Builder b) { b.setN(1); });
   CHECK(again.status.is_ok());
+}
+
+TEST_CASE("expired_client_reply names answered client replies past their retention, and no other row") {
+  tandem::partition::Placement pl;
+  pl.set_scheme("counter", {tandem::partition::TypeScheme::Kind::kHash, 256});
+  std::string prefix = pl.entity_prefix({"counter", "c1"});
+  std::string client_base = tandem::entity::rows::partner(prefix, {std::string(tandem::kClientType), "app"});
+  std::string reply_key = tandem::entity::rows::client_reply(client_base, "idem-1");
+  tandem::entity::ReplyRow done;
+  done.done = true;
+  done.expires_ms = 1000;
+  tandem::entity::ReplyRow pending = done;
+  pending.done = false;
+  using tandem::entity::expired_client_reply;
+  CHECK(expired_client_reply(pl, reply_key, done.encode(), 1000));
+  CHECK(expired_client_reply(pl, reply_key, done.encode(), 5000));
+  CHECK_FALSE(expired_client_reply(pl, reply_key, done.encode(), 999));      // still retained
+  CHECK_FALSE(expired_client_reply(pl, reply_key, pending.encode(), 5000));  // not answered yet
+  CHECK_FALSE(expired_client_reply(pl, reply_key, "garbage", 5000));
+  // The same shape under an entity partner is not a client reply, nor is a dedup record.
+  std::string entity_base = tandem::entity::rows::partner(prefix, {"counter", "app"});
+  CHECK_FALSE(expired_client_reply(pl, tandem::entity::rows::client_reply(entity_base, "idem-1"), done.encode(), 5000));
+  CHECK_FALSE(expired_client_reply(pl, tandem::entity::rows::dedup(client_base), done.encode(), 5000));
+  CHECK_FALSE(expired_client_reply(pl, tandem::entity::rows::state(prefix), done.encode(), 5000));
+  CHECK_FALSE(expired_client_reply(pl, "", done.encode(), 5000));
+}
+
+// The rows a real node writes, read back with the compaction hook the engine installs.
+TEST_CASE_FIXTURE(NodeFixture, "a compaction drops the client replies a node wrote once their retention has passed") {
+  opts.reply_retention_ms = 200;
+  start();
+  for (int i = 0; i < 5; ++i)
+    CHECK(total_of(call<Add>({"counter", "r"}, "old-" + std::to_string(i), [](Add::Builder b) { b.setN(1); })) == i + 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  CHECK(total_of(call<Add>({"counter", "r"}, "fresh", [](Add::Builder b) { b.setN(1); })) == 6);
+  node.reset();
+
+  tandem::partition::Placement pl;
+  pl.set_scheme("counter", {tandem::partition::TypeScheme::Kind::kHash, 256});
+  pl.set_scheme("stock", {tandem::partition::TypeScheme::Kind::kHash, 256});
+  pl.set_scheme("buyer", {tandem::partition::TypeScheme::Kind::kRange, 0});
+  auto count_replies = [&](tandem::partition::Store& st) {
+    int n = 0;
+    REQUIRE(st.scan(tandem::partition::Cf::kActivity, "", "", [&](std::string_view k, std::string_view v) {
+                if (tandem::entity::expired_client_reply(pl, k, v, INT64_MAX)) ++n;  // every answered reply
+                return true;
+              }).is_ok());
+    return n;
+  };
+  tandem::partition::StoreOptions so{dir.str(), tandem::partition::Durability::kStrict};
+  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  so.drop_on_compaction = [&](tandem::partition::Cf cf, std::string_view k, std::string_view v) {
+    return cf == tandem::partition::Cf::kActivity && tandem::entity::expired_client_reply(pl, k, v, now);
+  };
+  {
+    auto st = tandem::partition::Store::open(so);
+    REQUIRE(st.is_ok());
+    CHECK(count_replies(**st) == 6);
+    REQUIRE((*st)->compact(tandem::partition::Cf::kActivity).is_ok());
+    CHECK(count_replies(**st) == 1);  // the fresh one stays
+  }
+  start();  // the node reads the same state back; the fresh reply still answers its retry
+  CHECK(counter("r") == 6);
+  CHECK(total_of(call<Add>({"counter", "r"}, "fresh", [](Add::Builder b) { b.setN(1); })) == 6);
 }

@@ -1,5 +1,7 @@
 #include <tandem/partition/store.h>
 
+#include <atomic>
+
 #include <doctest/doctest.h>
 
 #include <tandem/core/ids.h>
@@ -104,4 +106,29 @@ TEST_CASE("opening a locked store is a clear error") {
   CHECK(second.status().code() == Code::kInternal);
   CHECK(second.status().message().find("cannot open store") != std::string::npos);
   CHECK(parse_durability("strcit").status().code() == Code::kInvalidArgument);
+}
+
+TEST_CASE("a compaction drops the rows the drop hook names, in the families it names, and nothing else") {
+  testing::TempDir dir("store");
+  StoreOptions so{dir.str(), Durability::kStrict};
+  std::atomic<int> asked{0};
+  so.drop_on_compaction = [&](Cf cf, std::string_view key, std::string_view value) {
+    asked++;
+    return cf == Cf::kActivity && value == "old" && key != "keep";
+  };
+  auto store = Store::open(so);
+  REQUIRE(store.is_ok());
+  WriteBatch b;
+  b.put(Cf::kActivity, "a", "old");
+  b.put(Cf::kActivity, "b", "new");
+  b.put(Cf::kActivity, "keep", "old");
+  b.put(Cf::kState, "a", "old");  // another family: the hook says keep
+  REQUIRE((*store)->write(b).is_ok());
+  REQUIRE((*store)->compact(Cf::kActivity).is_ok());
+  REQUIRE((*store)->compact(Cf::kState).is_ok());
+  CHECK(asked.load() >= 4);
+  CHECK_FALSE((*store)->get(Cf::kActivity, "a").value().has_value());
+  CHECK(*(*store)->get(Cf::kActivity, "b").value() == "new");
+  CHECK(*(*store)->get(Cf::kActivity, "keep").value() == "old");
+  CHECK(*(*store)->get(Cf::kState, "a").value() == "old");
 }

@@ -36,7 +36,7 @@ struct NodeOptions {
   size_t inline_commit_max = 32;
   int max_attempts = 5;                        // a message whose handler failed this often is parked
   int64_t op_grace_ms = 30'000;                // provider expiry = requester deadline + grace
-  int64_t reply_retention_ms = 24 * 3600'000;  // client replies kept for retries this long
+  int64_t reply_retention_ms = 24 * 3600'000;  // client replies kept for retries this long, then dropped at compaction
   int64_t relay_ack_timeout_ms = 2'000;
   int64_t relay_backoff_min_ms = 5;
   int64_t relay_backoff_max_ms = 2'000;

@@ -31,10 +31,15 @@ Result<Durability> parse_durability(std::string_view s);
 
 class PowerCut;
 
+// Rows a compaction may drop: true drops the row. Called from RocksDB's compaction threads, so
+// it must be thread-safe and must not block. The entity layer drops expired client replies.
+using DropFn = std::function<bool(Cf cf, std::string_view key, std::string_view value)>;
+
 struct StoreOptions {
   std::string path;
   Durability durability = Durability::kStrict;
   PowerCut* power_cut = nullptr;  // tests: write through a PowerCut's file system (borrowed)
+  DropFn drop_on_compaction = nullptr;  // optional
 };
 
 // A set of writes applied atomically by Store::write. Not thread-safe.
@@ -87,6 +92,9 @@ class Store {
   virtual Status write(WriteBatch& batch, bool sync) = 0;
   // RocksDB's estimate of live data bytes, for metrics.
   virtual uint64_t approximate_bytes() = 0;
+  // Compacts the whole family now (what a compaction drops is then gone). Stores that do not
+  // compact do nothing.
+  virtual Status compact(Cf) { return Status::ok(); }
 };
 
 // A single-threaded read-your-writes view over a Store. Writes are staged in transactions,
