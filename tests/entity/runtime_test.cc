@@ -249,11 +249,21 @@ TEST_CASE("expired_client_reply names answered client replies past their retenti
 
 // The rows a real node writes, read back with the compaction hook the engine installs.
 TEST_CASE_FIXTURE(NodeFixture, "a compaction drops the client replies a node wrote once their retention has passed") {
-  opts.reply_retention_ms = 200;
+  // The compaction's clock is chosen between the old replies' expiry and the fresh one's, so
+  // the test does not depend on how long anything takes.
+  const int64_t retention = 3600'000;
+  opts.reply_retention_ms = retention;
+  auto wall_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
   start();
   for (int i = 0; i < 5; ++i)
     CHECK(total_of(call<Add>({"counter", "r"}, "old-" + std::to_string(i), [](Add::Builder b) { b.setN(1); })) == i + 1);
-  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  int64_t old_done = wall_ms();
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  int64_t fresh_sent = wall_ms();
+  REQUIRE(fresh_sent - old_done >= 2);
   CHECK(total_of(call<Add>({"counter", "r"}, "fresh", [](Add::Builder b) { b.setN(1); })) == 6);
   node.reset();
 
@@ -270,7 +280,7 @@ TEST_CASE_FIXTURE(NodeFixture, "a compaction drops the client replies a node wro
     return n;
   };
   tandem::partition::StoreOptions so{dir.str(), tandem::partition::Durability::kStrict};
-  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  int64_t now = fresh_sent + retention - 1;  // past every old reply's expiry, before the fresh one's
   so.drop_on_compaction = [&](tandem::partition::Cf cf, std::string_view k, std::string_view v) {
     return cf == tandem::partition::Cf::kActivity && tandem::entity::expired_client_reply(pl, k, v, now);
   };
