@@ -1,5 +1,7 @@
 #include <tandem/partition/store.h>
 
+#include <cassert>
+
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
@@ -58,6 +60,14 @@ void WriteBatch::put(Cf cf, std::string_view key, std::string_view value) {
 void WriteBatch::del(Cf cf, std::string_view key) {
   rep_->bytes += key.size();
   rep_->ops.push_back({cf, true, std::string(key), {}});
+}
+void WriteBatch::replace(size_t index, const std::optional<std::string>& value) {
+  auto& op = rep_->ops.at(index);
+  assert(!op.range);
+  rep_->bytes -= op.value.size();
+  op.del = !value;
+  op.value = value ? *value : std::string();
+  rep_->bytes += op.value.size();
 }
 void WriteBatch::del_range(Cf cf, std::string_view begin, std::string_view end) {
   rep_->bytes += begin.size() + end.size();
@@ -242,19 +252,28 @@ Result<std::optional<std::string>> View::get(Cf cf, std::string_view key) {
 void View::apply(Txn&& txn) {
   uint64_t g = next_group_;
   for (auto& w : txn.writes_) {
+    auto it = map_.find(w.ckey);
+    if (it != map_.end() && it->second.pinned_group == g) {
+      // Written before in this open group (the same entity's state by several transitions, a
+      // reply row set pending then done): the batch keeps one write per key, the last.
+      open_.replace(it->second.open_op, w.value);
+      it->second.value = std::move(w.value);
+      continue;
+    }
     auto cf = static_cast<Cf>(w.ckey[0]);
     std::string_view key = std::string_view(w.ckey).substr(1);
+    size_t op = open_.count();
     if (w.value)
       open_.put(cf, key, *w.value);
     else
       open_.del(cf, key);
-    auto it = map_.find(w.ckey);
     if (it == map_.end()) {
-      it = map_.emplace(w.ckey, Entry{std::move(w.value), g, {}}).first;
+      it = map_.emplace(w.ckey, Entry{std::move(w.value), g, {}, op}).first;
     } else {
       if (it->second.pinned_group == 0) lru_.erase(it->second.lru_pos);
       it->second.value = std::move(w.value);
       it->second.pinned_group = g;
+      it->second.open_op = op;
     }
     open_keys_.push_back(std::move(w.ckey));
   }

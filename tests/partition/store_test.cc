@@ -1,6 +1,7 @@
 #include <tandem/partition/store.h>
 
 #include <atomic>
+#include <optional>
 
 #include <doctest/doctest.h>
 
@@ -67,6 +68,49 @@ TEST_CASE("a view reads its own staged writes before they commit, and evicts onl
   view.committed(sealed.group);
   CHECK(view.cached_entries() == 2);  // now bounded by the cache size
   CHECK(*view.get(Cf::kState, "k1").value() == "v1");  // read back from RocksDB
+}
+
+TEST_CASE("a key written several times in one group is one write of its last value; a sealed group's keys start over") {
+  testing::TempDir dir("view");
+  auto store = Store::open({dir.str(), Durability::kRelaxed});
+  REQUIRE(store.is_ok());
+  WriteBatch before;
+  before.put(Cf::kState, "gone", "old");
+  REQUIRE((*store)->write(before).is_ok());
+  View view(**store, 10);
+  auto stage = [&](const std::string& k, std::optional<std::string> v) {
+    Txn t(view);
+    if (v)
+      t.put(Cf::kState, k, *v);
+    else
+      t.del(Cf::kState, k);
+    view.apply(std::move(t));
+  };
+  stage("a", "1");
+  stage("b", "1");
+  stage("a", "2");
+  stage("gone", "new");
+  stage("gone", std::nullopt);  // put then delete: a delete
+  stage("c", std::nullopt);
+  stage("c", "3");  // delete then put: a put
+  stage("a", "4");
+  CHECK(view.open_writes() == 4);
+  CHECK(*view.get(Cf::kState, "a").value() == "4");
+  CHECK_FALSE(view.get(Cf::kState, "gone").value().has_value());
+  auto sealed = view.seal();
+  CHECK(sealed.batch.count() == 4);
+  stage("a", "5");  // the next group: a write of its own, not a change to the sealed batch
+  CHECK(view.open_writes() == 1);
+  REQUIRE((*store)->write(sealed.batch).is_ok());
+  view.committed(sealed.group);
+  CHECK(*(*store)->get(Cf::kState, "a").value() == "4");
+  CHECK(*(*store)->get(Cf::kState, "b").value() == "1");
+  CHECK(*(*store)->get(Cf::kState, "c").value() == "3");
+  CHECK_FALSE((*store)->get(Cf::kState, "gone").value().has_value());
+  auto next = view.seal();
+  REQUIRE((*store)->write(next.batch).is_ok());
+  view.committed(next.group);
+  CHECK(*(*store)->get(Cf::kState, "a").value() == "5");
 }
 
 TEST_CASE("a staged delete hides the committed value") {

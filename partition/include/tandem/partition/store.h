@@ -53,6 +53,9 @@ class WriteBatch {
   void del(Cf cf, std::string_view key);
   // Deletes every key in [begin, end).
   void del_range(Cf cf, std::string_view begin, std::string_view end);
+  // Turns the put or delete at position `index` into a put of `value` (a delete when nullopt):
+  // a key written again before the batch is written keeps one op, the last.
+  void replace(size_t index, const std::optional<std::string>& value);
   size_t count() const;
   size_t bytes() const;
   void clear();
@@ -156,6 +159,7 @@ class View {
     std::optional<std::string> value;
     uint64_t pinned_group = 0;  // 0: clean (in lru_); else the last group that wrote it
     std::list<std::string>::iterator lru_pos;
+    size_t open_op = 0;  // its op in the open group's batch, when pinned_group is the open group
   };
   static std::string ckey(Cf cf, std::string_view key);
   void touch_clean(std::unordered_map<std::string, Entry>::iterator it);
