@@ -70,7 +70,7 @@ TEST_CASE("a view reads its own staged writes before they commit, and evicts onl
   CHECK(*view.get(Cf::kState, "k1").value() == "v1");  // read back from RocksDB
 }
 
-TEST_CASE("a key written several times in one group is one write of its last value; a sealed group's keys start over") {
+TEST_CASE("a key written several times in one group is one write of its last value, and a sealed group's keys start over") {
   testing::TempDir dir("view");
   auto store = Store::open({dir.str(), Durability::kRelaxed});
   REQUIRE(store.is_ok());
