@@ -767,14 +767,17 @@ NodeStats Engine::stats() const {
 bool Engine::quiescent() const {
   if (!exec_) return true;
   return run_on<bool>(env_, *exec_, [this] {
+    // Delayed fault copies first: a copy leaves the count only after it is in the inbox, so a
+    // count of 0 read here means the inbox read below already holds every copy.
+    bool none_delayed = (!faulty_transport_ || faulty_transport_->in_flight() == 0) &&
+                        (!faulty_remote_ || faulty_remote_->in_flight() == 0);
     bool inbox_empty;
     {
       std::lock_guard lock(inbox_mu_);
       inbox_empty = inbox_.empty();
     }
-    return inbox_empty && ready_.empty() && inflight_commits_ == 0 && open_.empty() && view_->open_writes() == 0 &&
-           relay_->depth() == 0 && attempts_.empty() && (!faulty_transport_ || faulty_transport_->in_flight() == 0) &&
-           (!faulty_remote_ || faulty_remote_->in_flight() == 0);
+    return none_delayed && inbox_empty && ready_.empty() && inflight_commits_ == 0 && open_.empty() &&
+           view_->open_writes() == 0 && relay_->depth() == 0 && attempts_.empty();
   });
 }
 

@@ -468,10 +468,12 @@ void Transition::reply_raw(const std::string& token, uint64_t type, std::string 
     if (!client || !idem) throw std::invalid_argument("reply: malformed reply token");
     EntityRef partner{std::string(kClientType), *client};
     std::string rk = rows::client_reply(rows::partner(prefix_, partner), *idem);
+    // The request wrote this row when it ran. No row: it was answered and dropped by a
+    // compaction after its retention, and nobody waits for a reply any more.
+    auto existing = get(Cf::kActivity, rk);
+    if (!existing) return;
     ReplyRow row;
-    if (auto existing = get(Cf::kActivity, rk)) {
-      if (auto d = ReplyRow::decode(*existing)) row = std::move(*d);
-    }
+    if (auto d = ReplyRow::decode(*existing)) row = std::move(*d);
     if (row.done) return;  // already answered: replies are idempotent
     row.done = true;
     row.payload_type = type;
