@@ -13,6 +13,18 @@
 using namespace tandem;
 using namespace tandem::partition;
 
+namespace {
+// A relaxed store in `dir` holding one committed row of the state family.
+std::unique_ptr<Store> store_with_row(const testing::TempDir& dir, std::string_view key, std::string_view value) {
+  auto store = Store::open({dir.str(), Durability::kRelaxed});
+  REQUIRE(store.is_ok());
+  WriteBatch b;
+  b.put(Cf::kState, key, value);
+  REQUIRE((*store)->write(b).is_ok());
+  return std::move(*store);
+}
+}  // namespace
+
 TEST_CASE("a batch writes to several column families atomically and survives reopening") {
   testing::TempDir dir("store");
   {
@@ -72,12 +84,8 @@ TEST_CASE("a view reads its own staged writes before they commit, and evicts onl
 
 TEST_CASE("a key written several times in one group is one write of its last value, and a sealed group's keys start over") {
   testing::TempDir dir("view");
-  auto store = Store::open({dir.str(), Durability::kRelaxed});
-  REQUIRE(store.is_ok());
-  WriteBatch before;
-  before.put(Cf::kState, "gone", "old");
-  REQUIRE((*store)->write(before).is_ok());
-  View view(**store, 10);
+  auto store = store_with_row(dir, "gone", "old");
+  View view(*store, 10);
   auto stage = [&](const std::string& k, std::optional<std::string> v) {
     Txn t(view);
     if (v)
@@ -101,26 +109,22 @@ TEST_CASE("a key written several times in one group is one write of its last val
   CHECK(sealed.batch.count() == 4);
   stage("a", "5");  // the next group: a write of its own, not a change to the sealed batch
   CHECK(view.open_writes() == 1);
-  REQUIRE((*store)->write(sealed.batch).is_ok());
+  REQUIRE(store->write(sealed.batch).is_ok());
   view.committed(sealed.group);
-  CHECK(*(*store)->get(Cf::kState, "a").value() == "4");
-  CHECK(*(*store)->get(Cf::kState, "b").value() == "1");
-  CHECK(*(*store)->get(Cf::kState, "c").value() == "3");
-  CHECK_FALSE((*store)->get(Cf::kState, "gone").value().has_value());
+  CHECK(*store->get(Cf::kState, "a").value() == "4");
+  CHECK(*store->get(Cf::kState, "b").value() == "1");
+  CHECK(*store->get(Cf::kState, "c").value() == "3");
+  CHECK_FALSE(store->get(Cf::kState, "gone").value().has_value());
   auto next = view.seal();
-  REQUIRE((*store)->write(next.batch).is_ok());
+  REQUIRE(store->write(next.batch).is_ok());
   view.committed(next.group);
-  CHECK(*(*store)->get(Cf::kState, "a").value() == "5");
+  CHECK(*store->get(Cf::kState, "a").value() == "5");
 }
 
 TEST_CASE("a staged delete hides the committed value") {
   testing::TempDir dir("view");
-  auto store = Store::open({dir.str(), Durability::kRelaxed});
-  REQUIRE(store.is_ok());
-  WriteBatch b;
-  b.put(Cf::kState, "k", "v");
-  REQUIRE((*store)->write(b).is_ok());
-  View view(**store, 10);
+  auto store = store_with_row(dir, "k", "v");
+  View view(*store, 10);
   Txn t(view);
   t.del(Cf::kState, "k");
   view.apply(std::move(t));
