@@ -100,16 +100,28 @@ bool expired_client_reply(const partition::Placement& placement, std::string_vie
   return row && row->done && row->expires_ms <= now_ms;
 }
 
-Engine::Engine(Env& env, const Registry& registry, NodeOptions opts)
-    : env_(env), registry_(registry), opts_(std::move(opts)) {
-  for (auto& [name, t] : registry_.types()) {
+partition::DropFn expired_reply_dropper(const partition::Placement& placement,
+                                        std::shared_ptr<const std::atomic<int64_t>> now_ms) {
+  return [placement = std::make_shared<const partition::Placement>(placement), now = std::move(now_ms)](
+             partition::Cf cf, std::string_view k, std::string_view v) {
+    return cf == Cf::kActivity && expired_client_reply(*placement, k, v, now->load(std::memory_order_relaxed));
+  };
+}
+
+partition::Placement placement_of(const Registry& registry) {
+  partition::Placement placement;
+  for (auto& [name, t] : registry.types()) {
     partition::TypeScheme s;
     s.kind = t.placement.kind == Placement::Kind::kHash ? partition::TypeScheme::Kind::kHash
                                                         : partition::TypeScheme::Kind::kRange;
     s.slots = t.placement.slots;
-    placement_.set_scheme(name, s);
+    placement.set_scheme(name, s);
   }
+  return placement;
 }
+
+Engine::Engine(Env& env, const Registry& registry, NodeOptions opts)
+    : env_(env), registry_(registry), opts_(std::move(opts)), placement_(placement_of(registry)) {}
 
 Engine::~Engine() { stop(); }
 
@@ -122,10 +134,7 @@ Status Engine::start() {
     return Status::invalid_argument("max_batch and max_attempts must be positive");
   partition::StoreOptions so{opts_.data_dir, durability_};
   compaction_now_ms_->store(env_.clock().wall_ms(), std::memory_order_relaxed);
-  so.drop_on_compaction = [placement = std::make_shared<const partition::Placement>(placement_),
-                           now = compaction_now_ms_](partition::Cf cf, std::string_view k, std::string_view v) {
-    return cf == Cf::kActivity && expired_client_reply(*placement, k, v, now->load(std::memory_order_relaxed));
-  };
+  so.drop_on_compaction = expired_reply_dropper(placement_, compaction_now_ms_);
   auto store = open_store_(so);
   if (!store) return store.status();
   store_ = std::move(*store);

@@ -55,6 +55,12 @@ Result<std::unique_ptr<partition::Store>> open_rocks_store(const partition::Stor
 // replies of every client request ever made would stay on disk).
 bool expired_client_reply(const partition::Placement& placement, std::string_view key, std::string_view value,
                           int64_t now_ms);
+// The compaction hook a node installs: drops expired client replies from the activity family,
+// judged at *now_ms (the engine keeps it at its wall clock; the hook runs on RocksDB's threads).
+partition::DropFn expired_reply_dropper(const partition::Placement& placement,
+                                        std::shared_ptr<const std::atomic<int64_t>> now_ms);
+// Where the registry's types put their rows (a cluster node may set another: Engine::set_placement).
+partition::Placement placement_of(const Registry& registry);
 
 class Engine final : public messaging::Inbound {
  public:

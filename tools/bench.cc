@@ -422,8 +422,7 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
   std::mutex mu;
   std::condition_variable cv;
   uint64_t outstanding = 0, completed = 0, n = 0;
-  std::vector<double> lat;
-  std::vector<std::pair<double, double>> trace;  // (fire time s, latency ms) of the open loop
+  std::vector<std::pair<double, double>> calls;  // (fire time s, latency ms) of the open loop
   auto fire = [&](size_t slot, bool record) {
     double t0 = now_s();
     std::string target = targets.empty() ? "" : targets[slot % targets.size()];
@@ -432,10 +431,7 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
                       [&, t0, record](tandem::entity::ClientReply rep) {
                         std::lock_guard lock(mu);
                         if (!rep.status) ++r.errors;
-                        if (record) {
-                          lat.push_back((now_s() - t0) * 1e3);
-                          trace.emplace_back(t0, lat.back());
-                        }
+                        if (record) calls.emplace_back(t0, (now_s() - t0) * 1e3);
                         --outstanding;
                         ++completed;
                         cv.notify_all();
@@ -485,9 +481,11 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
     double began_wall =
         std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count() - (now_s() - start);
     out << std::fixed << "# open loop began at wall " << began_wall << " steady " << start << '\n';
-    for (auto& [t, l] : trace) out << (t - start) * 1e3 << ' ' << l << '\n';
-    print_slow_windows(tag, trace, start, began_wall);
+    for (auto& [t, l] : calls) out << (t - start) * 1e3 << ' ' << l << '\n';
+    print_slow_windows(tag, calls, start, began_wall);
   }
+  std::vector<double> lat;
+  for (auto& c : calls) lat.push_back(c.second);
   r.lat_ms = percentiles(lat);
   return r;
 }

@@ -247,7 +247,7 @@ TEST_CASE("expired_client_reply names answered client replies past their retenti
   CHECK_FALSE(expired_client_reply(pl, "", done.encode(), 5000));
 }
 
-// The rows a real node writes, read back with the compaction hook the engine installs.
+// The rows a real node writes, compacted with the hook a node installs.
 TEST_CASE_FIXTURE(NodeFixture, "a compaction drops the client replies a node wrote once their retention has passed") {
   // The compaction's clock is chosen between the old replies' expiry and the fresh one's, so
   // the test does not depend on how long anything takes.
@@ -267,10 +267,7 @@ TEST_CASE_FIXTURE(NodeFixture, "a compaction drops the client replies a node wro
   CHECK(total_of(call<Add>({"counter", "r"}, "fresh", [](Add::Builder b) { b.setN(1); })) == 6);
   node.reset();
 
-  tandem::partition::Placement pl;
-  pl.set_scheme("counter", {tandem::partition::TypeScheme::Kind::kHash, 256});
-  pl.set_scheme("stock", {tandem::partition::TypeScheme::Kind::kHash, 256});
-  pl.set_scheme("buyer", {tandem::partition::TypeScheme::Kind::kRange, 0});
+  auto pl = tandem::entity::placement_of(registry);
   auto count_replies = [&](tandem::partition::Store& st) {
     int n = 0;
     REQUIRE(st.scan(tandem::partition::Cf::kActivity, "", "", [&](std::string_view k, std::string_view v) {
@@ -280,10 +277,9 @@ TEST_CASE_FIXTURE(NodeFixture, "a compaction drops the client replies a node wro
     return n;
   };
   tandem::partition::StoreOptions so{dir.str(), tandem::partition::Durability::kStrict};
-  int64_t now = fresh_sent + retention - 1;  // past every old reply's expiry, before the fresh one's
-  so.drop_on_compaction = [&](tandem::partition::Cf cf, std::string_view k, std::string_view v) {
-    return cf == tandem::partition::Cf::kActivity && tandem::entity::expired_client_reply(pl, k, v, now);
-  };
+  // The hook a node installs, its clock past every old reply's expiry and before the fresh one's.
+  so.drop_on_compaction = tandem::entity::expired_reply_dropper(
+      pl, std::make_shared<std::atomic<int64_t>>(fresh_sent + retention - 1));
   {
     auto st = tandem::partition::Store::open(so);
     REQUIRE(st.is_ok());
