@@ -209,13 +209,15 @@ Result<std::unique_ptr<Store>> Store::open(const StoreOptions& opts) {
 
 // ---- Txn and View ----
 
-std::string View::ckey(Cf cf, std::string_view key) {
+namespace {
+std::string cf_key(Cf cf, std::string_view key) {
   std::string k;
   k.reserve(key.size() + 1);
   k.push_back(static_cast<char>(cf));
   k.append(key);
   return k;
 }
+}  // namespace
 
 Result<std::optional<std::string>> Txn::get(Cf cf, std::string_view key) {
   for (auto it = writes_.rbegin(); it != writes_.rend(); ++it)
@@ -223,28 +225,49 @@ Result<std::optional<std::string>> Txn::get(Cf cf, std::string_view key) {
   return view_->get(cf, key);
 }
 
-void Txn::put(Cf cf, std::string_view key, std::string value) {
-  writes_.push_back({View::ckey(cf, key), std::move(value)});
+void Txn::put(Cf cf, std::string_view key, std::string value) { writes_.push_back({cf_key(cf, key), std::move(value)}); }
+
+void Txn::del(Cf cf, std::string_view key) { writes_.push_back({cf_key(cf, key), std::nullopt}); }
+
+const std::string& View::lookup_key(Cf cf, std::string_view key) {
+  scratch_.assign(1, static_cast<char>(cf));
+  scratch_.append(key);
+  return scratch_;
 }
 
-void Txn::del(Cf cf, std::string_view key) { writes_.push_back({View::ckey(cf, key), std::nullopt}); }
+void View::lru_push(Node* n) {
+  auto& e = n->second;
+  e.older = lru_newest_;
+  e.newer = nullptr;
+  if (lru_newest_) lru_newest_->second.newer = n;
+  lru_newest_ = n;
+  if (!lru_oldest_) lru_oldest_ = n;
+  ++lru_size_;
+}
 
-void View::touch_clean(std::unordered_map<std::string, Entry>::iterator it) {
-  lru_.splice(lru_.begin(), lru_, it->second.lru_pos);
+void View::lru_unlink(Node* n) {
+  auto& e = n->second;
+  (e.newer ? e.newer->second.older : lru_newest_) = e.older;
+  (e.older ? e.older->second.newer : lru_oldest_) = e.newer;
+  e.newer = e.older = nullptr;
+  --lru_size_;
 }
 
 Result<std::optional<std::string>> View::get(Cf cf, std::string_view key) {
-  std::string k = ckey(cf, key);
-  auto it = map_.find(k);
+  if (cf == Cf::kOutbox) return store_.get(cf, key);  // written through, never cached
+  auto it = map_.find(lookup_key(cf, key));
   if (it != map_.end()) {
-    if (it->second.pinned_group == 0) touch_clean(it);
-    return it->second.value;
+    Node* n = &*it;
+    if (n->second.pins == 0 && n != lru_newest_) {
+      lru_unlink(n);
+      lru_push(n);
+    }
+    return n->second.value;
   }
   auto r = store_.get(cf, key);
   if (!r) return r;
-  lru_.push_front(k);
-  Entry e{*r, 0, lru_.begin()};
-  map_.emplace(std::move(k), std::move(e));
+  Node* n = &*map_.emplace(scratch_, Entry{*r}).first;
+  lru_push(n);
   evict();
   return r;
 }
@@ -252,30 +275,39 @@ Result<std::optional<std::string>> View::get(Cf cf, std::string_view key) {
 void View::apply(Txn&& txn) {
   uint64_t g = next_group_;
   for (auto& w : txn.writes_) {
+    auto cf = static_cast<Cf>(w.ckey[0]);
+    std::string_view key = std::string_view(w.ckey).substr(1);
+    if (cf == Cf::kOutbox) {
+      if (w.value)
+        open_.put(cf, key, *w.value);
+      else
+        open_.del(cf, key);
+      continue;
+    }
     auto it = map_.find(w.ckey);
-    if (it != map_.end() && it->second.pinned_group == g) {
+    if (it != map_.end() && it->second.pins > 0 && it->second.group == g) {
       // Written before in this open group (the same entity's state by several transitions, a
       // reply row set pending then done): the batch keeps one write per key, the last.
       open_.replace(it->second.open_op, w.value);
       it->second.value = std::move(w.value);
       continue;
     }
-    auto cf = static_cast<Cf>(w.ckey[0]);
-    std::string_view key = std::string_view(w.ckey).substr(1);
     size_t op = open_.count();
     if (w.value)
       open_.put(cf, key, *w.value);
     else
       open_.del(cf, key);
-    if (it == map_.end()) {
-      it = map_.emplace(w.ckey, Entry{std::move(w.value), g, {}, op}).first;
-    } else {
-      if (it->second.pinned_group == 0) lru_.erase(it->second.lru_pos);
-      it->second.value = std::move(w.value);
-      it->second.pinned_group = g;
-      it->second.open_op = op;
-    }
-    open_keys_.push_back(std::move(w.ckey));
+    if (it == map_.end())
+      it = map_.emplace(std::move(w.ckey), Entry{}).first;
+    else if (it->second.pins == 0)
+      lru_unlink(&*it);  // clean until now
+    Node* n = &*it;
+    auto& e = n->second;
+    e.value = std::move(w.value);
+    e.pins++;
+    e.group = g;
+    e.open_op = op;
+    open_nodes_.push_back(n);
   }
   txn.writes_.clear();
 }
@@ -285,29 +317,24 @@ View::Sealed View::seal() {
   s.group = next_group_++;
   s.batch = std::move(open_);
   open_ = WriteBatch();
-  sealed_keys_[s.group] = std::move(open_keys_);
-  open_keys_.clear();
+  sealed_[s.group] = std::move(open_nodes_);
+  open_nodes_.clear();
   return s;
 }
 
 void View::committed(uint64_t group) {
-  auto node = sealed_keys_.extract(group);
+  auto node = sealed_.extract(group);
   if (node.empty()) return;
-  for (auto& k : node.mapped()) {
-    auto it = map_.find(k);
-    if (it == map_.end() || it->second.pinned_group != group) continue;  // rewritten by a later group
-    it->second.pinned_group = 0;
-    lru_.push_front(k);
-    it->second.lru_pos = lru_.begin();
-  }
+  for (Node* n : node.mapped())
+    if (--n->second.pins == 0) lru_push(n);  // no later group rewrote it: clean now
   evict();
 }
 
 void View::invalidate(std::string_view begin, std::string_view end) {
   for (auto it = map_.begin(); it != map_.end();) {
     std::string_view k = std::string_view(it->first).substr(1);
-    if (it->second.pinned_group == 0 && k >= begin && k < end) {
-      lru_.erase(it->second.lru_pos);
+    if (it->second.pins == 0 && k >= begin && k < end) {
+      lru_unlink(&*it);
       it = map_.erase(it);
     } else {
       ++it;
@@ -316,9 +343,10 @@ void View::invalidate(std::string_view begin, std::string_view end) {
 }
 
 void View::evict() {
-  while (lru_.size() > capacity_) {
-    map_.erase(lru_.back());
-    lru_.pop_back();
+  while (lru_size_ > capacity_) {
+    Node* n = lru_oldest_;
+    lru_unlink(n);
+    map_.erase(map_.find(n->first));
   }
 }
 

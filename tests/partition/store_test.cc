@@ -121,6 +121,78 @@ TEST_CASE("a key written several times in one group is one write of its last val
   CHECK(*store->get(Cf::kState, "a").value() == "5");
 }
 
+TEST_CASE("a view evicts the least recently read row, and a row written by two sealed groups stays until both commit") {
+  testing::TempDir dir("view");
+  auto store = Store::open({dir.str(), Durability::kRelaxed});
+  REQUIRE(store.is_ok());
+  Store& st = **store;
+  WriteBatch b;
+  for (auto k : {"a", "b", "c"}) b.put(Cf::kState, k, "old");
+  REQUIRE(st.write(b).is_ok());
+  View view(st, 2);
+  // Changing the store underneath shows what the view still holds: a cached row reads "old".
+  auto change_store = [&] {
+    WriteBatch w;
+    for (auto k : {"a", "b", "c"}) w.put(Cf::kState, k, "new");
+    REQUIRE(st.write(w).is_ok());
+  };
+  CHECK(*view.get(Cf::kState, "a").value() == "old");
+  CHECK(*view.get(Cf::kState, "b").value() == "old");
+  CHECK(*view.get(Cf::kState, "a").value() == "old");  // a is now the most recent
+  CHECK(*view.get(Cf::kState, "c").value() == "old");  // evicts b, the least recent
+  change_store();
+  CHECK(view.cached_entries() == 2);
+  CHECK(*view.get(Cf::kState, "a").value() == "old");
+  CHECK(*view.get(Cf::kState, "c").value() == "old");
+  CHECK(*view.get(Cf::kState, "b").value() == "new");  // was evicted: read again (evicts a)
+  CHECK(*view.get(Cf::kState, "a").value() == "new");
+
+  // Two groups write k before either commits: k stays pinned until the second has committed.
+  View pinned(st, 0);
+  auto stage = [&](const std::string& v) {
+    Txn t(pinned);
+    t.put(Cf::kState, "k", v);
+    pinned.apply(std::move(t));
+  };
+  stage("1");
+  auto g1 = pinned.seal();
+  stage("2");
+  auto g2 = pinned.seal();
+  REQUIRE(st.write(g1.batch).is_ok());
+  pinned.committed(g1.group);
+  CHECK(pinned.cached_entries() == 1);  // capacity 0, still held by g2
+  CHECK(*pinned.get(Cf::kState, "k").value() == "2");
+  REQUIRE(st.write(g2.batch).is_ok());
+  pinned.committed(g2.group);
+  CHECK(pinned.cached_entries() == 0);
+  CHECK(*pinned.get(Cf::kState, "k").value() == "2");
+}
+
+TEST_CASE("outbox rows are written through the view without a cached copy") {
+  testing::TempDir dir("view");
+  auto store = Store::open({dir.str(), Durability::kRelaxed});
+  REQUIRE(store.is_ok());
+  View view(**store, 10);
+  Txn t(view);
+  t.put(Cf::kOutbox, "o1", "env");
+  t.put(Cf::kState, "s", "v");
+  view.apply(std::move(t));
+  CHECK(view.open_writes() == 2);
+  CHECK(view.cached_entries() == 1);  // the state row only
+  auto g = view.seal();
+  REQUIRE((*store)->write(g.batch).is_ok());
+  view.committed(g.group);
+  CHECK(*view.get(Cf::kOutbox, "o1").value() == "env");
+  CHECK(view.cached_entries() == 1);
+  Txn d(view);
+  d.del(Cf::kOutbox, "o1");
+  view.apply(std::move(d));
+  auto g2 = view.seal();
+  REQUIRE((*store)->write(g2.batch).is_ok());
+  view.committed(g2.group);
+  CHECK_FALSE(view.get(Cf::kOutbox, "o1").value().has_value());
+}
+
 TEST_CASE("a staged delete hides the committed value") {
   testing::TempDir dir("view");
   auto store = store_with_row(dir, "k", "v");

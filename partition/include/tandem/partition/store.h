@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
-#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -101,9 +100,11 @@ class Store {
 };
 
 // A single-threaded read-your-writes view over a Store. Writes are staged in transactions,
-// applied to the open group, sealed into a WriteBatch and committed elsewhere; until the group
-// commits its writes stay pinned in the view, afterwards they are clean cache entries evicted
-// in LRU order beyond `cache_entries`.
+// applied to the open group, sealed into a WriteBatch and committed elsewhere, in the order
+// they were sealed; until the group commits its writes stay pinned in the view, afterwards
+// they are clean cache entries evicted in LRU order beyond `cache_entries`. Outbox rows are
+// written through: the view keeps no copy of them (the runtime never reads one back through
+// it), so get() of an outbox row sees committed rows only.
 class View;
 
 class Txn {
@@ -145,7 +146,7 @@ class View {
   };
   // Closes the open group; its writes remain visible until committed(group).
   Sealed seal();
-  // The sealed group is durable: its entries become evictable.
+  // The sealed group is durable: its entries become evictable once no other sealed group holds them.
   void committed(uint64_t group);
   // Drops clean cached rows with keys in [begin, end) of every family (after the store's
   // rows there changed underneath the view: a partition arrived or left).
@@ -155,24 +156,33 @@ class View {
 
  private:
   friend class Txn;
+  struct Entry;
+  using Map = std::unordered_map<std::string, Entry>;
+  using Node = Map::value_type;  // elements keep their address when the map rehashes
   struct Entry {
     std::optional<std::string> value;
-    uint64_t pinned_group = 0;  // 0: clean (in lru_); else the last group that wrote it
-    std::list<std::string>::iterator lru_pos;
-    size_t open_op = 0;  // its op in the open group's batch, when pinned_group is the open group
+    uint32_t pins = 0;      // open and sealed groups holding the entry; 0: clean, in the LRU list
+    uint64_t group = 0;     // the last group that wrote it
+    size_t open_op = 0;     // its op in the open group's batch, when `group` is the open group
+    Node* newer = nullptr;  // LRU links of a clean entry
+    Node* older = nullptr;
   };
-  static std::string ckey(Cf cf, std::string_view key);
-  void touch_clean(std::unordered_map<std::string, Entry>::iterator it);
+  const std::string& lookup_key(Cf cf, std::string_view key);
+  void lru_push(Node* n);
+  void lru_unlink(Node* n);
   void evict();
 
   Store& store_;
   size_t capacity_;
-  std::unordered_map<std::string, Entry> map_;
-  std::list<std::string> lru_;  // clean entries, most recent at front
+  Map map_;
+  Node* lru_newest_ = nullptr;
+  Node* lru_oldest_ = nullptr;
+  size_t lru_size_ = 0;
+  std::string scratch_;  // the cf byte + key of the last lookup
   WriteBatch open_;
-  std::vector<std::string> open_keys_;
+  std::vector<Node*> open_nodes_;
   uint64_t next_group_ = 1;
-  std::unordered_map<uint64_t, std::vector<std::string>> sealed_keys_;
+  std::unordered_map<uint64_t, std::vector<Node*>> sealed_;
 };
 
 }  // namespace tandem::partition
