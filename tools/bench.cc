@@ -496,24 +496,28 @@ struct LocalCluster {
   bool up = false;
   bool keep = false;  // leave the folder (node logs, RocksDB LOGs) for a look afterwards
   LocalCluster(const std::string& name, const std::string& self_bin, const std::string& type_lines,
-               const std::string& durability, int base_port, const std::string& meta = "embedded") {
+               const std::string& durability, int base_port, const std::string& meta = "embedded", int nodes = 3) {
     dir = scratch(name);
     std::filesystem::create_directories(dir);
     types = dir + "-types";
     std::ofstream(types) << type_lines;
     launcher = std::string(TANDEM_SOURCE_DIR) + "/tools/tandem-cluster";
     env = "TANDEM_CLUSTER_DIR=" + dir + " ";
-    up = std::system((env + launcher + " up --nodes 3 --durability " + durability + " --base-port " +
+    up = std::system((env + launcher + " up --nodes " + std::to_string(nodes) + " --durability " + durability + " --base-port " +
                       std::to_string(base_port) + " --types " + types + " --binary " + self_bin + " --meta " + meta +
                       " > /dev/null")
                          .c_str()) == 0;
     if (!up) std::fprintf(stderr, "tandem-bench: cannot start the cluster (see %s)\n", dir.c_str());
   }
-  ~LocalCluster() {
+  ~LocalCluster() { down(); }
+  void down() {
+    if (done) return;
+    done = true;
     if (std::system((env + launcher + " down > /dev/null").c_str()) != 0) std::fprintf(stderr, "tandem-bench: cluster down failed\n");
     if (!keep) std::filesystem::remove_all(dir);
     std::filesystem::remove(types);
   }
+  bool done = false;
   std::string config() const { return dir + "/cluster.conf"; }
   // A client of the cluster (`admin` for moves); the failure is printed.
   tandem::Result<std::unique_ptr<tandem::entity::Client>> connect(const std::string& role) const {
@@ -526,13 +530,14 @@ struct LocalCluster {
   }
 };
 
+constexpr const char* kClusterTypes =
+    "type pinger hash partitions=6\n"
+    "type order hash slots=256 partitions=6\n"
+    "type item range splits=sku-2,sku-4,sku-6,sku-8\n"
+    "type runner hash partitions=3\n";
+
 int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts, const std::string& durability) {
-  LocalCluster lc("cluster", self_bin,
-                  "type pinger hash partitions=6\n"
-                  "type order hash slots=256 partitions=6\n"
-                  "type item range splits=sku-2,sku-4,sku-6,sku-8\n"
-                  "type runner hash partitions=3\n",
-                  durability, 27100);
+  LocalCluster lc("cluster", self_bin, kClusterTypes, durability, 27100);
   if (!lc.up) return 1;
   lc.keep = opts.keep;
   Percentiles rtt;
@@ -592,25 +597,44 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
     reservation::DemoOptions d = demo_options(opts);
     auto env2 = tandem::make_real_env();
     auto r = reservation::run_demo(c, env2->clock(), d);
-    // The same demo on one in-process node, in this run, for the ratio.
+    client = tandem::Status::ok();
+    lc.down();  // the baselines below run alone on the machine
+    // The same demo on a 1-node cluster (same client, same launcher: only the hops between
+    // nodes differ) and on one in-process node (no network at all), in this run, for the ratios.
+    double cluster1_per_s = 0;
+    {
+      LocalCluster one("cluster1", self_bin, kClusterTypes, durability, 27300, "embedded", 1);
+      if (one.up) {
+        if (auto c1 = one.connect("client")) {
+          auto r1 = reservation::run_demo(**c1, env2->clock(), d);
+          if (r1.invariant == "ok")
+            cluster1_per_s = r1.orders_per_s;
+          else
+            std::fprintf(stderr, "tandem-bench: the 1-node cluster's demo: invariant=%s\n", r1.invariant.c_str());
+        }
+      }
+    }
     tandem::entity::Registry reg;
     reg.add<reservation::Order>();
     reg.add<reservation::Item>();
     tandem::entity::NodeOptions no;
     no.data_dir = scratch("demo1");
     no.durability = durability;
-    tandem::entity::Node one(*env2, reg, no);
     double one_per_s = 0;
-    if (one.start()) {
-      auto r1 = reservation::run_demo(one, env2->clock(), d);
-      one_per_s = r1.orders_per_s;
-      one.stop();
+    {
+      tandem::entity::Node one(*env2, reg, no);
+      if (one.start()) {
+        one_per_s = reservation::run_demo(one, env2->clock(), d).orders_per_s;
+        one.stop();
+      }
     }
     std::filesystem::remove_all(no.data_dir);
     std::printf("RESULT bench=demo nodes=3 durability=%s orders_per_s=%.0f p50_ms=%.2f p99_ms=%.2f orders=%llu "
-                "concurrency=%llu invariant=%s nodes1_orders_per_s=%.0f ratio=%.2f\n",
+                "concurrency=%llu invariant=%s nodes1_cluster_orders_per_s=%.0f ratio_cluster=%.2f "
+                "nodes1_orders_per_s=%.0f ratio=%.2f\n",
                 durability.c_str(), r.orders_per_s, r.p50_ms, r.p99_ms, static_cast<unsigned long long>(r.orders),
-                static_cast<unsigned long long>(opts.concurrency), r.invariant.c_str(), one_per_s,
+                static_cast<unsigned long long>(opts.concurrency), r.invariant.c_str(), cluster1_per_s,
+                cluster1_per_s > 0 ? r.orders_per_s / cluster1_per_s : 0, one_per_s,
                 one_per_s > 0 ? r.orders_per_s / one_per_s : 0);
     std::fflush(stdout);
   }
