@@ -594,13 +594,23 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
                 durability.c_str(), b.max_per_s, b.rate, b.lat_ms.p50, b.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(b.errors));
     print_stages("entity_to_entity", before, after);
     std::fflush(stdout);
+    client = tandem::Status::ok();
+    lc.down();
+    // The demo on a fresh 3-node cluster (the request/reply runs above leave full memtables and
+    // pending compactions behind, which the baselines would not carry), then the same demo on a
+    // fresh 1-node cluster (same client, same launcher: only the hops between nodes differ) and on
+    // one in-process node (no network at all), each alone on the machine, for the ratios.
     reservation::DemoOptions d = demo_options(opts);
     auto env2 = tandem::make_real_env();
-    auto r = reservation::run_demo(c, env2->clock(), d);
-    client = tandem::Status::ok();
-    lc.down();  // the baselines below run alone on the machine
-    // The same demo on a 1-node cluster (same client, same launcher: only the hops between
-    // nodes differ) and on one in-process node (no network at all), in this run, for the ratios.
+    reservation::DemoResult r;
+    {
+      LocalCluster three("cluster3", self_bin, kClusterTypes, durability, 27700);
+      three.keep = opts.keep;
+      if (!three.up) return 1;
+      auto c3 = three.connect("client");
+      if (!c3) return 1;
+      r = reservation::run_demo(**c3, env2->clock(), d);
+    }
     double cluster1_per_s = 0;
     {
       LocalCluster one("cluster1", self_bin, kClusterTypes, durability, 27300, "embedded", 1);
