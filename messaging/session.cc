@@ -14,6 +14,9 @@ namespace tandem::messaging {
 namespace {
 
 constexpr size_t kNonceBytes = 32;
+// First segment of a frame's builder, in words. Cap'n Proto's default (1024 words) is a zeroed
+// 8 KiB allocation per frame; control frames fit in a few dozen words.
+constexpr unsigned kFrameWords = 32;
 
 std::string to_bytes(capnp::MessageBuilder& mb) {
   auto words = capnp::messageToFlatArray(mb);
@@ -111,7 +114,7 @@ void Session::start(std::function<void(Result<std::shared_ptr<Session>>)> client
   conn_->start([self](std::string_view b) { self->on_bytes(b); }, [self](Status s) { self->fail(std::move(s)); });
   if (!client_) {
     my_nonce_ = crypto::random_bytes(kNonceBytes);
-    capnp::MallocMessageBuilder mb;
+    capnp::MallocMessageBuilder mb(kFrameWords);
     mb.initRoot<schema::Frame>().setChallenge(as_data(my_nonce_));
     send_frame(to_bytes(mb));
   }
@@ -149,7 +152,7 @@ void Session::on_frame(const std::string& body) {
       if (client_ && f.isChallenge()) {
         peer_nonce_ = str(f.getChallenge());
         my_nonce_ = crypto::random_bytes(kNonceBytes);
-        capnp::MallocMessageBuilder mb;
+        capnp::MallocMessageBuilder mb(kFrameWords);
         auto a = mb.initRoot<schema::Frame>().initAuth();
         a.setRole(opts_.role);
         a.setNodeId(opts_.node_id);
@@ -177,7 +180,7 @@ void Session::on_frame(const std::string& body) {
         }
         peer_role_ = role;
         peer_node_ = a.getNodeId();
-        capnp::MallocMessageBuilder mb;
+        capnp::MallocMessageBuilder mb(kFrameWords);
         mb.initRoot<schema::Frame>().setWelcome(as_data(server_proof(opts_.secret, my_nonce_, nonce)));
         send_frame(to_bytes(mb));
         phase_ = Phase::kReady;
@@ -194,7 +197,7 @@ void Session::on_frame(const std::string& body) {
         uint64_t id = d.getId();
         auto self = shared_from_this();
         AckFn ack = [self, id](Status s) {
-          capnp::MallocMessageBuilder mb;
+          capnp::MallocMessageBuilder mb(kFrameWords);
           auto a = mb.initRoot<schema::Frame>().initAck();
           a.setId(id);
           a.setCode(static_cast<uint8_t>(s.code()));
@@ -230,7 +233,7 @@ void Session::on_frame(const std::string& body) {
         std::string method(r.getMethod().cStr());
         auto self = shared_from_this();
         RespondFn respond = [self, id](Status s, std::string body) {
-          capnp::MallocMessageBuilder mb;
+          capnp::MallocMessageBuilder mb(kFrameWords + body.size() / sizeof(capnp::word));
           auto p = mb.initRoot<schema::Frame>().initResponse();
           p.setId(id);
           p.setCode(static_cast<uint8_t>(s.code()));
@@ -276,10 +279,11 @@ void Session::deliver(const Envelope& env, AckFn ack) {
     id = next_id_++;
     acks_.emplace(id, std::move(ack));
   }
-  capnp::MallocMessageBuilder mb;
+  std::string body = encode(env);
+  capnp::MallocMessageBuilder mb(kFrameWords + body.size() / sizeof(capnp::word));
   auto d = mb.initRoot<schema::Frame>().initDeliver();
   d.setId(id);
-  d.setEnvelope(as_data(encode(env)));
+  d.setEnvelope(as_data(body));
   send_frame(to_bytes(mb));
 }
 
@@ -294,7 +298,7 @@ void Session::request(const std::string& method, std::string body, std::function
     id = next_id_++;
     calls_.emplace(id, std::move(done));
   }
-  capnp::MallocMessageBuilder mb;
+  capnp::MallocMessageBuilder mb(kFrameWords + body.size() / sizeof(capnp::word));
   auto r = mb.initRoot<schema::Frame>().initRequest();
   r.setId(id);
   r.setMethod(method);
