@@ -490,7 +490,7 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
   return r;
 }
 
-// A 3-node local cluster of this binary, started with tools/tandem-cluster and stopped with it.
+// A local cluster of this binary (3 nodes unless asked), started with tools/tandem-cluster and stopped with it.
 struct LocalCluster {
   std::string dir, types, env, launcher;
   bool up = false;
@@ -614,6 +614,7 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
     double cluster1_per_s = 0;
     {
       LocalCluster one("cluster1", self_bin, kClusterTypes, durability, 27300, "embedded", 1);
+      one.keep = opts.keep;
       if (one.up) {
         if (auto c1 = one.connect("client")) {
           auto r1 = reservation::run_demo(**c1, env2->clock(), d);

@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <tandem/core/status.h>
@@ -102,9 +103,7 @@ class Store {
 // A single-threaded read-your-writes view over a Store. Writes are staged in transactions,
 // applied to the open group, sealed into a WriteBatch and committed elsewhere, in the order
 // they were sealed; until the group commits its writes stay pinned in the view, afterwards
-// they are clean cache entries evicted in LRU order beyond `cache_entries`. Outbox rows are
-// written through: the view keeps no copy of them (the runtime never reads one back through
-// it), so get() of an outbox row sees committed rows only.
+// they are clean cache entries evicted in LRU order beyond `cache_entries`.
 class View;
 
 class Txn {
@@ -134,6 +133,8 @@ class View {
   View(Store& store, size_t cache_entries) : store_(store), capacity_(cache_entries) {
     map_.reserve(std::min(cache_entries + cache_entries / 4 + 1024, kMaxReserve));
   }
+  View(const View&) = delete;  // entries point at each other
+  View& operator=(const View&) = delete;
   static constexpr size_t kMaxReserve = size_t{4} << 20;
   Result<std::optional<std::string>> get(Cf cf, std::string_view key);
   // Moves the transaction's writes into the open group.
@@ -157,8 +158,7 @@ class View {
  private:
   friend class Txn;
   struct Entry;
-  using Map = std::unordered_map<std::string, Entry>;
-  using Node = Map::value_type;  // elements keep their address when the map rehashes
+  using Node = std::pair<const std::string, Entry>;  // a map element: keeps its address when the map rehashes
   struct Entry {
     std::optional<std::string> value;
     uint32_t pins = 0;      // open and sealed groups holding the entry; 0: clean, in the LRU list
@@ -167,6 +167,7 @@ class View {
     Node* newer = nullptr;  // LRU links of a clean entry
     Node* older = nullptr;
   };
+  using Map = std::unordered_map<std::string, Entry>;
   const std::string& lookup_key(Cf cf, std::string_view key);
   void lru_push(Node* n);
   void lru_unlink(Node* n);
