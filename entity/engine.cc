@@ -513,6 +513,17 @@ Status Engine::rearm(const std::vector<partition::KeyRange>& ranges) {
   return run_on<Status>(env_, *exec_, [&]() -> Status { return load_timers(ranges); });
 }
 
+Status Engine::disarm(const std::vector<partition::KeyRange>& ranges) {
+  return run_on<Status>(env_, *exec_, [&]() -> Status {
+    for (auto& [begin, end] : ranges)
+      for (auto it = timers_.begin(); it != timers_.end();)
+        it = it->key >= begin && (end.empty() || it->key < end) ? timers_.erase(it) : std::next(it);
+    c_.timers = timers_.size();
+    arm_timer_wakeup();
+    return Status::ok();
+  });
+}
+
 Status Engine::release(const std::vector<partition::KeyRange>& ranges) {
   return run_on<Status>(env_, *exec_, [&]() -> Status {
     partition::WriteBatch b;
