@@ -335,9 +335,6 @@ Status ClusterNode::start() {
   peers_ = std::make_unique<PeerTransport>(*this);
   engine_->set_remote_transport(peers_.get());
   TANDEM_TRY(engine_->start());
-  // The engine armed every timer row in the store; those of partitions this node does not own
-  // would only sit in its heap (they never run here) until their due time.
-  TANDEM_TRY(engine_->disarm(ranges_of(not_mine())));
 
   messaging::SessionOptions o;
   o.secret = secret_;

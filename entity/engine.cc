@@ -187,16 +187,27 @@ Status Engine::recover() {
     return true;
   }));
   TANDEM_CRASH_POINT("recovery:outbox_resent");
+  // Timers of entities this node does not host (rows left by a move that died) are not armed:
+  // they would never run here, only sit in the heap until due. adopt() arms them if their
+  // partition comes here.
+  size_t elsewhere = 0;
   TANDEM_TRY(store_->scan(Cf::kTimer, "", "", [&](std::string_view k, std::string_view v) {
     auto t = TimerRow::decode(v);
     if (!t) {
       log::error("timer row {} does not decode; left in place", hex(k));
       return true;
     }
+    EntityRef ref;
+    std::string_view rest;
+    if (hosts_ && placement_.decode_entity(k, ref, rest) && !hosts_(ref)) {
+      ++elsewhere;
+      return true;
+    }
     timers_.insert({t->due_ms, std::string(k)});
     ++timers;
     return true;
   }));
+  if (elsewhere) log::info("{} timer rows of entities hosted elsewhere left unarmed", elsewhere);
   c_.timers = timers_.size();
   c_.outbox_depth = relay_->depth();
   log::info("recovered {} outbox rows and {} timers from {}", rows, timers, opts_.data_dir);
@@ -511,17 +522,6 @@ bool Engine::arrived_by_move(const EntityRef& ref) const {
 
 Status Engine::rearm(const std::vector<partition::KeyRange>& ranges) {
   return run_on<Status>(env_, *exec_, [&]() -> Status { return load_timers(ranges); });
-}
-
-Status Engine::disarm(const std::vector<partition::KeyRange>& ranges) {
-  return run_on<Status>(env_, *exec_, [&]() -> Status {
-    for (auto& [begin, end] : ranges)
-      for (auto it = timers_.begin(); it != timers_.end();)
-        it = it->key >= begin && (end.empty() || it->key < end) ? timers_.erase(it) : std::next(it);
-    c_.timers = timers_.size();
-    arm_timer_wakeup();
-    return Status::ok();
-  });
 }
 
 Status Engine::release(const std::vector<partition::KeyRange>& ranges) {

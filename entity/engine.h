@@ -104,10 +104,6 @@ class Engine final : public messaging::Inbound {
   Status release(const std::vector<partition::KeyRange>& ranges);
   // A move was aborted: re-arm the timers of the ranges (they were skipped while frozen).
   Status rearm(const std::vector<partition::KeyRange>& ranges);
-  // Not this node's (yet): drop the in-memory timers of the ranges and keep their rows. A node
-  // restarted with rows of partitions it does not own (a move it took part in died) arms no
-  // timers for them; adopt() arms them if the partition comes here.
-  Status disarm(const std::vector<partition::KeyRange>& ranges);
 
   NodeStats stats() const;
   bool quiescent() const;
