@@ -207,10 +207,10 @@ Status Engine::recover() {
     ++timers;
     return true;
   }));
-  if (elsewhere) log::info("{} timer rows of entities hosted elsewhere left unarmed", elsewhere);
   c_.timers = timers_.size();
   c_.outbox_depth = relay_->depth();
-  log::info("recovered {} outbox rows and {} timers from {}", rows, timers, opts_.data_dir);
+  log::info("recovered {} outbox rows and {} timers from {} ({} timers of entities hosted elsewhere left unarmed)",
+            rows, timers, opts_.data_dir, elsewhere);
   arm_timer_wakeup();
   schedule_step();
   return Status::ok();

@@ -17,6 +17,8 @@ constexpr size_t kNonceBytes = 32;
 // First segment of a frame's builder, in words. Cap'n Proto's default (1024 words) is a zeroed
 // 8 KiB allocation per frame; control frames fit in a few dozen words.
 constexpr unsigned kFrameWords = 32;
+// The same for a frame carrying `body`.
+unsigned frame_words(const std::string& body) { return kFrameWords + body.size() / sizeof(capnp::word); }
 
 std::string to_bytes(capnp::MessageBuilder& mb) {
   auto words = capnp::messageToFlatArray(mb);
@@ -233,7 +235,7 @@ void Session::on_frame(const std::string& body) {
         std::string method(r.getMethod().cStr());
         auto self = shared_from_this();
         RespondFn respond = [self, id](Status s, std::string body) {
-          capnp::MallocMessageBuilder mb(kFrameWords + body.size() / sizeof(capnp::word));
+          capnp::MallocMessageBuilder mb(frame_words(body));
           auto p = mb.initRoot<schema::Frame>().initResponse();
           p.setId(id);
           p.setCode(static_cast<uint8_t>(s.code()));
@@ -280,7 +282,7 @@ void Session::deliver(const Envelope& env, AckFn ack) {
     acks_.emplace(id, std::move(ack));
   }
   std::string body = encode(env);
-  capnp::MallocMessageBuilder mb(kFrameWords + body.size() / sizeof(capnp::word));
+  capnp::MallocMessageBuilder mb(frame_words(body));
   auto d = mb.initRoot<schema::Frame>().initDeliver();
   d.setId(id);
   d.setEnvelope(as_data(body));
@@ -298,7 +300,7 @@ void Session::request(const std::string& method, std::string body, std::function
     id = next_id_++;
     calls_.emplace(id, std::move(done));
   }
-  capnp::MallocMessageBuilder mb(kFrameWords + body.size() / sizeof(capnp::word));
+  capnp::MallocMessageBuilder mb(frame_words(body));
   auto r = mb.initRoot<schema::Frame>().initRequest();
   r.setId(id);
   r.setMethod(method);

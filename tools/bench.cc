@@ -18,6 +18,7 @@
 #include <ctime>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <cstdio>
 #include <filesystem>
@@ -257,23 +258,36 @@ void bench_memory(tandem::Env& env, uint64_t entities) {
   std::fflush(stdout);
 }
 
-void bench_demo(tandem::Env& env, const Opts& opts, const std::string& durability) {
+// The demo on one in-process node with a fresh store (no network at all); `stats` gets the
+// node's counters. invariant=FAILED:... when the node does not start.
+reservation::DemoResult demo_in_process(tandem::Env& env, const reservation::DemoOptions& d, const std::string& durability,
+                                        tandem::entity::NodeStats* stats = nullptr) {
   tandem::entity::Registry reg;
   reg.add<reservation::Order>();
   reg.add<reservation::Item>();
   tandem::entity::NodeOptions o;
   o.data_dir = scratch("demo");
   o.durability = durability;
-  tandem::entity::Node node(env, reg, o);
-  if (auto s = node.start(); !s) {
-    std::fprintf(stderr, "node: %s\n", s.to_string().c_str());
-    return;
+  reservation::DemoResult r;
+  {
+    tandem::entity::Node node(env, reg, o);
+    if (auto s = node.start(); !s) {
+      std::fprintf(stderr, "node: %s\n", s.to_string().c_str());
+      r.invariant = "FAILED:" + s.to_string();
+    } else {
+      r = reservation::run_demo(node, env.clock(), d);
+      if (stats) *stats = node.stats();
+      node.stop();
+    }
   }
-  reservation::DemoOptions d = demo_options(opts);
-  auto r = reservation::run_demo(node, env.clock(), d);
-  auto st = node.stats();
-  node.stop();
   std::filesystem::remove_all(o.data_dir);
+  return r;
+}
+
+void bench_demo(tandem::Env& env, const Opts& opts, const std::string& durability) {
+  tandem::entity::NodeStats st;
+  auto r = demo_in_process(env, demo_options(opts), durability, &st);
+  if (r.seconds <= 0) return;
   auto dur = *tandem::partition::parse_durability(durability);
   double raw = raw_rate(dur, dur == tandem::partition::Durability::kStrict ? 64 : 1, 2);
   std::printf("RESULT bench=demo nodes=1 durability=%s orders_per_s=%.0f p50_ms=%.2f p99_ms=%.2f orders=%llu "
@@ -602,44 +616,24 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
     // one in-process node (no network at all), each alone on the machine, for the ratios.
     reservation::DemoOptions d = demo_options(opts);
     auto env2 = tandem::make_real_env();
-    reservation::DemoResult r;
-    {
-      LocalCluster three("cluster3", self_bin, kClusterTypes, durability, 27700);
-      three.keep = opts.keep;
-      if (!three.up) return 1;
-      auto c3 = three.connect("client");
-      if (!c3) return 1;
-      r = reservation::run_demo(**c3, env2->clock(), d);
-    }
+    // nullopt when the cluster does not start or take a client (LocalCluster and connect say why).
+    auto on_cluster = [&](const char* name, int nodes, int base_port) -> std::optional<reservation::DemoResult> {
+      LocalCluster fresh(name, self_bin, kClusterTypes, durability, base_port, "embedded", nodes);
+      fresh.keep = opts.keep;
+      if (!fresh.up) return std::nullopt;
+      auto cl = fresh.connect("client");
+      if (!cl) return std::nullopt;
+      return reservation::run_demo(**cl, env2->clock(), d);
+    };
+    auto three = on_cluster("cluster3", 3, 27700);
+    if (!three) return 1;
+    auto& r = *three;
     double cluster1_per_s = 0;
-    {
-      LocalCluster one("cluster1", self_bin, kClusterTypes, durability, 27300, "embedded", 1);
-      one.keep = opts.keep;
-      if (one.up) {
-        if (auto c1 = one.connect("client")) {
-          auto r1 = reservation::run_demo(**c1, env2->clock(), d);
-          if (r1.invariant == "ok")
-            cluster1_per_s = r1.orders_per_s;
-          else
-            std::fprintf(stderr, "tandem-bench: the 1-node cluster's demo: invariant=%s\n", r1.invariant.c_str());
-        }
-      }
-    }
-    tandem::entity::Registry reg;
-    reg.add<reservation::Order>();
-    reg.add<reservation::Item>();
-    tandem::entity::NodeOptions no;
-    no.data_dir = scratch("demo1");
-    no.durability = durability;
-    double one_per_s = 0;
-    {
-      tandem::entity::Node one(*env2, reg, no);
-      if (one.start()) {
-        one_per_s = reservation::run_demo(one, env2->clock(), d).orders_per_s;
-        one.stop();
-      }
-    }
-    std::filesystem::remove_all(no.data_dir);
+    if (auto r1 = on_cluster("cluster1", 1, 27300); r1 && r1->invariant == "ok")
+      cluster1_per_s = r1->orders_per_s;
+    else if (r1)
+      std::fprintf(stderr, "tandem-bench: the 1-node cluster's demo: invariant=%s\n", r1->invariant.c_str());
+    double one_per_s = demo_in_process(*env2, d, durability).orders_per_s;
     std::printf("RESULT bench=demo nodes=3 durability=%s orders_per_s=%.0f p50_ms=%.2f p99_ms=%.2f orders=%llu "
                 "concurrency=%llu invariant=%s nodes1_cluster_orders_per_s=%.0f ratio_cluster=%.2f "
                 "nodes1_orders_per_s=%.0f ratio=%.2f\n",
