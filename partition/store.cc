@@ -182,6 +182,9 @@ Result<std::unique_ptr<Store>> Store::open(const StoreOptions& opts) {
   o.create_missing_column_families = true;
   o.max_background_jobs = 2;
   o.bytes_per_sync = 1 << 20;
+  // The outbox family's memtable is a vector (below), which takes no concurrent inserts. The
+  // node writes from one committer at a time anyway.
+  o.allow_concurrent_memtable_write = false;
   if (opts.power_cut) o.env = opts.power_cut->impl().env.get();
   rocksdb::ColumnFamilyOptions cfo;
   cfo.write_buffer_size = 32 << 20;
@@ -197,6 +200,10 @@ Result<std::unique_ptr<Store>> Store::open(const StoreOptions& opts) {
       filters.push_back(std::make_unique<DropFilter>(static_cast<Cf>(i), opts.drop_on_compaction));
       o.compaction_filter = filters.back().get();
     }
+    // Outbox rows are written once and deleted once (a put at send, a delete at ack) and read
+    // only by scans (recovery, a move's export, inspect): an append-only memtable takes each
+    // write without the skip list's ordered insert, and sorts once when flushed or scanned.
+    if (static_cast<Cf>(i) == Cf::kOutbox) o.memtable_factory = std::make_shared<rocksdb::VectorRepFactory>();
     cfs.emplace_back(std::string(cf_name(static_cast<Cf>(i))), o);
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
