@@ -261,6 +261,7 @@ void View::lru_unlink(Node* n) {
 }
 
 Result<std::optional<std::string>> View::get(Cf cf, std::string_view key) {
+  if (cf == Cf::kOutbox) return store_.get(cf, key);  // written through, never cached
   auto it = map_.find(lookup_key(cf, key));
   if (it != map_.end()) {
     Node* n = &*it;
@@ -283,6 +284,13 @@ void View::apply(Txn&& txn) {
   for (auto& w : txn.writes_) {
     auto cf = static_cast<Cf>(w.ckey[0]);
     std::string_view key = std::string_view(w.ckey).substr(1);
+    if (cf == Cf::kOutbox) {
+      if (w.value)
+        open_.put(cf, key, *w.value);
+      else
+        open_.del(cf, key);
+      continue;
+    }
     auto it = map_.find(w.ckey);
     if (it != map_.end() && it->second.pins > 0 && it->second.group == g) {
       // Written before in this open group (the same entity's state by several transitions, a

@@ -201,6 +201,31 @@ TEST_CASE("a view evicts the least recently read row, and a row written by two s
   CHECK(*pinned.get(Cf::kState, "k").value() == "2");
 }
 
+TEST_CASE("outbox rows are written through the view without a cached copy") {
+  testing::TempDir dir("view");
+  auto store = Store::open({dir.str(), Durability::kRelaxed});
+  REQUIRE(store.is_ok());
+  View view(**store, 10);
+  Txn t(view);
+  t.put(Cf::kOutbox, "o1", "env");
+  t.put(Cf::kState, "s", "v");
+  view.apply(std::move(t));
+  CHECK(view.open_writes() == 2);
+  CHECK(view.cached_entries() == 1);  // the state row only
+  auto g = view.seal();
+  REQUIRE((*store)->write(g.batch).is_ok());
+  view.committed(g.group);
+  CHECK(*view.get(Cf::kOutbox, "o1").value() == "env");
+  CHECK(view.cached_entries() == 1);
+  Txn d(view);
+  d.del(Cf::kOutbox, "o1");
+  view.apply(std::move(d));
+  auto g2 = view.seal();
+  REQUIRE((*store)->write(g2.batch).is_ok());
+  view.committed(g2.group);
+  CHECK_FALSE(view.get(Cf::kOutbox, "o1").value().has_value());
+}
+
 TEST_CASE("a staged delete hides the committed value") {
   testing::TempDir dir("view");
   auto store = store_with_row(dir, "k", "v");

@@ -103,7 +103,10 @@ class Store {
 // A single-threaded read-your-writes view over a Store. Writes are staged in transactions,
 // applied to the open group, sealed into a WriteBatch and committed elsewhere, in the order
 // they were sealed; until the group commits its writes stay pinned in the view, afterwards
-// they are clean cache entries evicted in LRU order beyond `cache_entries`.
+// they are clean cache entries evicted in LRU order beyond `cache_entries`. Outbox rows are
+// written through: the view keeps no copy of them (the runtime never reads one back through
+// it, and each is written once and deleted once), so get() of an outbox row sees committed
+// rows only.
 class View;
 
 class Txn {
