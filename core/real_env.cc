@@ -7,11 +7,7 @@
 #include <random>
 #include <thread>
 
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <pthread.h>
+#include "asio_executor.h"
 
 namespace tandem {
 
@@ -37,34 +33,6 @@ class RealClock final : public Clock {
         .count();
   }
   void sleep_us(int64_t us) const override { std::this_thread::sleep_for(std::chrono::microseconds(us)); }
-};
-
-class AsioExecutor final : public Executor {
- public:
-  explicit AsioExecutor(const std::string& name) : work_(io_.get_executor()) {
-    thread_ = std::thread([this, name] {
-      pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
-      io_.run();
-    });
-  }
-  ~AsioExecutor() override {
-    work_.reset();
-    io_.stop();
-    thread_.join();
-  }
-  void post(std::function<void()> task) override { boost::asio::post(io_, std::move(task)); }
-  void post_after(std::chrono::microseconds delay, std::function<void()> task) override {
-    auto timer = std::make_shared<boost::asio::steady_timer>(io_, delay);
-    timer->async_wait([timer, task = std::move(task)](const boost::system::error_code& ec) {
-      if (!ec) task();
-    });
-  }
-  bool in_this_thread() const override { return std::this_thread::get_id() == thread_.get_id(); }
-
- private:
-  boost::asio::io_context io_;
-  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
-  std::thread thread_;
 };
 
 class RealEvent final : public Event {
@@ -94,13 +62,14 @@ class RealEnv final : public Env {
   Clock& clock() override { return clock_; }
   std::shared_ptr<Event> make_event() override { return std::make_shared<RealEvent>(); }
   std::unique_ptr<net::Network> make_network() override { return net::make_real_network(); }
+  std::unique_ptr<net::Network> make_network_on(Executor& loop) override { return net::make_real_network_on(loop); }
   void stop_process(int code) override {
     std::fflush(nullptr);
     std::_Exit(code);
   }
   uint64_t seed() override { return (static_cast<uint64_t>(rd_()) << 32) ^ rd_() ^ counter_++; }
   std::unique_ptr<Executor> make_executor(const std::string& name) override {
-    return std::make_unique<AsioExecutor>(name);
+    return std::make_unique<detail::AsioExecutor>(name);
   }
 
  private:

@@ -1,7 +1,9 @@
 #include <tandem/core/net.h>
 
+#include <atomic>
 #include <charconv>
 #include <deque>
+#include <future>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -14,6 +16,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <pthread.h>
+
+#include "asio_executor.h"
 
 namespace tandem::net {
 
@@ -34,9 +38,13 @@ Result<Endpoint> Endpoint::parse(std::string_view s) {
 
 namespace {
 
+// False once the network stopped: no callback of the network's user runs after that.
+using Live = std::shared_ptr<std::atomic<bool>>;
+
 class AsioConnection final : public Connection, public std::enable_shared_from_this<AsioConnection> {
  public:
-  AsioConnection(asio::io_context& io, tcp::socket socket) : io_(io), socket_(std::move(socket)) {
+  AsioConnection(asio::io_context& io, tcp::socket socket, Live live)
+      : io_(io), socket_(std::move(socket)), live_(std::move(live)) {
     boost::system::error_code ec;
     socket_.set_option(tcp::no_delay(true), ec);
     auto ep = socket_.remote_endpoint(ec);
@@ -95,6 +103,7 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
     auto self = shared_from_this();
     socket_.async_read_some(asio::buffer(buf_), [self](const boost::system::error_code& ec, size_t n) {
       if (ec) return self->fail(Status::unavailable("read: " + ec.message()));
+      if (!*self->live_) return self->fail(Status::unavailable("network stopped"));
       if (self->on_data_) self->on_data_(std::string_view(self->buf_.data(), n));
       if (!self->socket_.is_open()) return;
       self->read();
@@ -147,11 +156,12 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
     socket_.close(ec);
     auto cb = std::move(on_close_);
     on_data_ = nullptr;
-    if (cb) cb(std::move(s));
+    if (cb && *live_) cb(std::move(s));
   }
 
   asio::io_context& io_;
   tcp::socket socket_;
+  Live live_;
   std::string peer_;
   std::array<char, 64 * 1024> buf_{};
   std::function<void(std::string_view)> on_data_;
@@ -165,14 +175,16 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
   bool closed_ = false;
 };
 
+// On a thread of its own, or on a borrowed executor's io_context (`loop_`).
 class AsioNetwork final : public Network {
  public:
-  AsioNetwork() : work_(io_.get_executor()) {
-    thread_ = std::thread([this] {
+  AsioNetwork() : own_(std::make_unique<Own>()), io_(own_->io) {
+    own_->thread = std::thread([this] {
       pthread_setname_np(pthread_self(), "tandem-net");
       io_.run();
     });
   }
+  explicit AsioNetwork(tandem::detail::AsioExecutor& loop) : loop_(&loop), io_(loop.io()) {}
   ~AsioNetwork() override { stop(); }
 
   Result<uint16_t> listen(const Endpoint& at, std::function<void(std::shared_ptr<Connection>)> on_accept) override {
@@ -200,51 +212,73 @@ class AsioNetwork final : public Network {
     boost::system::error_code ec;
     auto addr = asio::ip::make_address(to.host, ec);
     if (ec) {
-      asio::post(io_, [done, msg = "bad address '" + to.host + "': " + ec.message()] {
-        done(Status::invalid_argument(msg));
+      asio::post(io_, [live = live_, done, msg = "bad address '" + to.host + "': " + ec.message()] {
+        if (*live) done(Status::invalid_argument(msg));
       });
       return;
     }
     auto sock = std::make_shared<tcp::socket>(io_);
-    sock->async_connect(tcp::endpoint(addr, to.port), [this, sock, done, to](const boost::system::error_code& ec) {
+    sock->async_connect(tcp::endpoint(addr, to.port), [this, live = live_, sock, done, to](const boost::system::error_code& ec) {
+      if (!*live) return;
       if (ec) return done(Status::unavailable("connect " + to.to_string() + ": " + ec.message()));
-      done(std::shared_ptr<Connection>(std::make_shared<AsioConnection>(io_, std::move(*sock))));
+      done(std::shared_ptr<Connection>(std::make_shared<AsioConnection>(io_, std::move(*sock), live_)));
     });
   }
 
   void after(int64_t delay_ms, std::function<void()> fn) override {
     auto t = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(delay_ms));
-    t->async_wait([t, fn = std::move(fn)](const boost::system::error_code& ec) {
-      if (!ec) fn();
+    t->async_wait([t, live = live_, fn = std::move(fn)](const boost::system::error_code& ec) {
+      if (!ec && *live) fn();
     });
   }
 
   void stop() override {
-    if (!thread_.joinable()) return;
-    asio::post(io_, [this] {
+    if (stopped_.exchange(true)) return;
+    auto close = [this] {
+      *live_ = false;  // on the network's thread: a callback running now finishes first
       std::lock_guard lock(mu_);
       for (auto& a : acceptors_) {
         boost::system::error_code ec;
         a->close(ec);
       }
+    };
+    if (own_) {
+      asio::post(io_, close);
+      own_->work.reset();
+      io_.stop();
+      own_->thread.join();
+      return;
+    }
+    // A borrowed loop keeps running (its owner joins it); wait until the close ran on it.
+    // Handlers still queued there see `live_` and call nobody.
+    if (loop_->in_this_thread()) return close();
+    std::promise<void> done;
+    asio::post(io_, [&] {
+      close();
+      done.set_value();
     });
-    work_.reset();
-    io_.stop();
-    thread_.join();
+    done.get_future().wait();
   }
 
  private:
   void accept(std::shared_ptr<tcp::acceptor> acc, std::shared_ptr<std::function<void(std::shared_ptr<Connection>)>> h) {
-    acc->async_accept([this, acc, h](const boost::system::error_code& ec, tcp::socket s) {
-      if (ec == asio::error::operation_aborted || !acc->is_open()) return;
-      if (!ec) (*h)(std::make_shared<AsioConnection>(io_, std::move(s)));
+    acc->async_accept([this, live = live_, acc, h](const boost::system::error_code& ec, tcp::socket s) {
+      if (ec == asio::error::operation_aborted || !acc->is_open() || !*live) return;
+      if (!ec) (*h)(std::make_shared<AsioConnection>(io_, std::move(s), live_));
       accept(acc, h);
     });
   }
 
-  asio::io_context io_;
-  asio::executor_work_guard<asio::io_context::executor_type> work_;
-  std::thread thread_;
+  struct Own {
+    asio::io_context io;
+    asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
+    std::thread thread;
+  };
+  std::unique_ptr<Own> own_;
+  tandem::detail::AsioExecutor* loop_ = nullptr;
+  asio::io_context& io_;
+  Live live_ = std::make_shared<std::atomic<bool>>(true);
+  std::atomic<bool> stopped_{false};
   std::mutex mu_;
   std::vector<std::shared_ptr<tcp::acceptor>> acceptors_;
 };
@@ -252,5 +286,10 @@ class AsioNetwork final : public Network {
 }  // namespace
 
 std::unique_ptr<Network> make_real_network() { return std::make_unique<AsioNetwork>(); }
+
+std::unique_ptr<Network> make_real_network_on(Executor& loop) {
+  if (auto* asio_loop = dynamic_cast<tandem::detail::AsioExecutor*>(&loop)) return std::make_unique<AsioNetwork>(*asio_loop);
+  return std::make_unique<AsioNetwork>();
+}
 
 }  // namespace tandem::net

@@ -313,7 +313,8 @@ Status ClusterNode::start() {
   if (config_.max_pending_calls) opts_.max_pending_calls = config_.max_pending_calls;
   if (config_.max_outbox) opts_.max_outbox = config_.max_outbox;
   if (config_.max_inbox) opts_.max_inbox = config_.max_inbox;
-  net_ = env_.make_network();
+  loop_ = env_.make_executor("tandem-run");
+  net_ = env_.make_network_on(*loop_);
   ctl_exec_ = env_.make_executor("tandem-ctl");
   part_exec_ = env_.make_executor("tandem-part");
   if (config_.meta != "embedded") {
@@ -325,6 +326,7 @@ Status ClusterNode::start() {
 
   engine_ = std::make_unique<Engine>(env_, registry_, opts_);
   engine_->set_store_opener(open_store_);
+  engine_->set_executor(loop_.get());
   {
     std::lock_guard lock(map_mu_);
     engine_->set_placement(map_.placement());
@@ -518,9 +520,10 @@ messaging::SessionHandlers ClusterNode::session_handlers(const std::string& role
   return h;
 }
 
-// Order matters: the network thread posts requests to the executors, and executor tasks wait
-// for network answers. So: refuse new work, stop the network (no callbacks after this; waiting
-// calls see `stopping_` and give up), then the executors, then the engine.
+// Order matters: the network posts requests to the executors, and executor tasks wait for
+// network answers. So: refuse new work, stop the network (no callbacks after this; waiting
+// calls see `stopping_` and give up), then the executors, then the engine. The loop they share
+// keeps running until the node is destroyed; what is left queued on it does nothing.
 void ClusterNode::stop() {
   stopping_ = true;
   if (meta_) meta_->stop();

@@ -113,6 +113,9 @@ class ClusterNode {
   std::string secret_;
   mutable std::mutex map_mu_;
   partition::PartitionMap map_;
+  // The node's one thread for its network and its engine (declared first: joined last, after
+  // every object with tasks or sockets on it is gone).
+  std::unique_ptr<Executor> loop_;
   std::unique_ptr<net::Network> net_;
   std::unique_ptr<PeerTransport> peers_;
   std::unique_ptr<Engine> engine_;

@@ -60,6 +60,30 @@ T run_on(Env& env, Executor& exec, const std::function<T()>& fn) {
 
 }  // namespace
 
+// The engine's tasks on its loop pass a gate: once stop() closed it (on the loop), tasks still
+// queued there (timer wake-ups, relay sweeps) run nothing, so a loop the engine only borrows
+// may outlive it. The flag is read and written on the loop only.
+class Engine::Gated final : public Executor {
+ public:
+  explicit Gated(Executor& inner) : inner_(inner) {}
+  void post(std::function<void()> task) override {
+    inner_.post([open = open_, task = std::move(task)] {
+      if (*open) task();
+    });
+  }
+  void post_after(std::chrono::microseconds delay, std::function<void()> task) override {
+    inner_.post_after(delay, [open = open_, task = std::move(task)] {
+      if (*open) task();
+    });
+  }
+  bool in_this_thread() const override { return inner_.in_this_thread(); }
+  void close() { *open_ = false; }  // on the loop
+
+ private:
+  Executor& inner_;
+  std::shared_ptr<bool> open_ = std::make_shared<bool>(true);
+};
+
 // Sends to this node's own Inbound when it hosts the receiver's type, else to the remote
 // transport.
 class Engine::RoutingTransport final : public messaging::Transport {
@@ -141,7 +165,11 @@ Status Engine::start() {
   view_ = std::make_unique<partition::View>(*store_, opts_.cache_entries);
   random_ = std::make_unique<Random>(env_.seed());
 
-  exec_ = env_.make_executor("tandem-run");
+  if (!loop_) {
+    own_exec_ = env_.make_executor("tandem-run");
+    loop_ = own_exec_.get();
+  }
+  exec_ = std::make_unique<Gated>(*loop_);
   commit_exec_ = env_.make_executor("tandem-commit");
   local_transport_ = std::make_unique<messaging::LocalTransport>(*this);
   transport_ = local_transport_.get();
@@ -228,10 +256,18 @@ void Engine::stop() {
   }) > 0)
     env_.clock().sleep_us(1000);
   if (relay_) relay_->stop();
+  run_on<int>(env_, *exec_, [this] {
+    exec_->close();
+    return 0;
+  });
   // Threads that post to the engine's executor go first: the fault timers, then the commit
   // thread (it may still be returning from posting the last on_committed).
   fault_exec_.reset();
   commit_exec_.reset();
+  if (own_exec_) {
+    own_exec_.reset();
+    loop_ = nullptr;
+  }
   exec_.reset();
   relay_.reset();
   faulty_transport_.reset();
@@ -254,7 +290,13 @@ void Engine::deliver(Envelope env, messaging::AckFn ack) {
   w.env = std::move(env);
   w.ack = std::move(ack);
   w.arrived_us = env_.clock().now_us();
-  if (exec_ && exec_->in_this_thread()) {  // the relay delivering locally: no hand-off needed
+  if (exec_ && exec_->in_this_thread()) {
+    // On the engine's thread (the relay delivering locally, or the network that shares the
+    // engine's loop): no hand-off needed.
+    if (w.ack && ready_.size() >= opts_.max_inbox) {
+      c_.busy++;
+      return w.ack(Status::unavailable("busy: " + std::to_string(opts_.max_inbox) + " messages wait to run here"));
+    }
     ready_.push_back(std::move(w));
     schedule_step();
     return;
@@ -640,8 +682,9 @@ void Engine::seal_and_commit() {
   inflight_commits_++;
   sealed_groups_++;
   int64_t started = env_.clock().now_us();
-  if (n <= opts_.inline_commit_max && inflight_commits_ == 1) {
-    // A small commit costs less than the two thread hand-offs of the commit thread.
+  if (n <= opts_.inline_commit_max && inflight_commits_ == 1 && own_exec_) {
+    // A small commit costs less than the two thread hand-offs of the commit thread. Not on a
+    // borrowed loop: the network that shares it would stop reading and writing for the fsync.
     check_fence(touched);
     TANDEM_CRASH_POINT("commit:before_write");
     auto s = store_->write(sealed.batch);

@@ -2,7 +2,8 @@
 // node's entities; a second one commits sealed groups, so the next group is built while the
 // previous one is being written (and fsynced in strict durability). A small group with no other
 // commit in flight is written on the first executor itself (NodeOptions::inline_commit_max):
-// that saves the two thread hand-offs.
+// that saves the two thread hand-offs; except on a loop the engine shares with its network (a
+// cluster node, set_executor), which must not stop reading and writing for an fsync.
 //
 // The path of one message:
 //   handler calls ctx.send -> the envelope gets the next seq of the (sender, receiver) pair
@@ -93,6 +94,13 @@ class Engine final : public messaging::Inbound {
   void set_fence(std::function<Status(const std::vector<EntityRef>&)> fence) { fence_ = std::move(fence); }
   // Where the store comes from. Call before start().
   void set_store_opener(StoreOpener open) { open_store_ = std::move(open); }
+  // Runs the engine on `loop` (an executor of the same Env, borrowed; it must outlive the
+  // Engine) instead of a thread of its own. A cluster node shares it with its network, so a
+  // delivery runs where it was read and an ack is written where it was produced. Groups are
+  // then always committed on the commit thread (never inline: the loop must not wait for an
+  // fsync). Tasks the engine left queued there do nothing once stop() returned. Call before
+  // start().
+  void set_executor(Executor* loop) { loop_ = loop; }
 
   // ---- partition moves (blocking; call from a thread that is not the engine's) ----
   // Waits until every transition that ran before this call is committed.
@@ -166,7 +174,10 @@ class Engine final : public messaging::Inbound {
   partition::Placement placement_;
   std::unique_ptr<partition::Store> store_;
   std::unique_ptr<partition::View> view_;
-  std::unique_ptr<Executor> exec_;
+  class Gated;
+  Executor* loop_ = nullptr;             // borrowed (set_executor), or own_exec_
+  std::unique_ptr<Executor> own_exec_;
+  std::unique_ptr<Gated> exec_;          // loop_ behind a gate that stop() closes
   std::unique_ptr<Executor> commit_exec_;
   std::unique_ptr<Executor> fault_exec_;
   std::unique_ptr<messaging::LocalTransport> local_transport_;

@@ -14,7 +14,7 @@ namespace tandem::entity {
 
 namespace {
 constexpr const char* kUsage =
-    "node flags: --config FILE --id N [--log-level trace|debug|info|warn|error] [--max-batch N] [--inline-commit N]\n"
+    "node flags: --config FILE --id N [--log-level trace|debug|info|warn|error] [--max-batch N]\n"
     "            [--listen HOST:PORT] [--admin HOST:PORT] [--data DIR] [--secret-file FILE] [--durability strict|relaxed]\n"
     "            [--meta embedded|etcd://HOST:PORT[/PREFIX]]\n"
     "  --listen/--admin/--data override this node's line of the config (other nodes still reach it at\n"
@@ -22,7 +22,7 @@ constexpr const char* kUsage =
 }
 
 int NodeMain::run() {
-  auto f = Flags::parse(argc_, argv_, first_, {"config", "id", "log-level", "max-batch", "inline-commit", "listen", "admin", "data", "secret-file", "durability", "meta"}, {});
+  auto f = Flags::parse(argc_, argv_, first_, {"config", "id", "log-level", "max-batch", "listen", "admin", "data", "secret-file", "durability", "meta"}, {});
   if (!f) {
     std::fprintf(stderr, "%s\n%s", f.status().to_string().c_str(), kUsage);
     return 2;
@@ -33,11 +33,6 @@ int NodeMain::run() {
   }
   auto id = f->u64("id", 0);
   auto max_batch = f->u64("max-batch", 2048);
-  auto inline_commit = f->u64("inline-commit", NodeOptions{}.inline_commit_max);
-  if (!inline_commit) {
-    std::fprintf(stderr, "%s\n%s", inline_commit.status().to_string().c_str(), kUsage);
-    return 2;
-  }
   if (!id || !max_batch || *id == 0 || !f->has("config")) {
     std::fprintf(stderr, "%s\n%s", !id ? id.status().to_string().c_str() : "--config and --id are required", kUsage);
     return 2;
@@ -92,7 +87,6 @@ int NodeMain::run() {
   auto env = make_real_env();
   NodeOptions opts;
   opts.max_batch = *max_batch;
-  opts.inline_commit_max = *inline_commit;
   ClusterNode node(*env, registry_, std::move(*config), static_cast<uint32_t>(*id), opts);
   if (auto s = node.start(); !s) {
     log::error("cannot start: {}", s.to_string());

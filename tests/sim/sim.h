@@ -149,6 +149,8 @@ class SimEnv final : public Env {
   std::unique_ptr<Executor> make_executor(const std::string& name) override;
   std::shared_ptr<Event> make_event() override;
   std::unique_ptr<net::Network> make_network() override;
+  // The simulated network keeps an executor of its own (one thread runs the whole world anyway).
+  std::unique_ptr<net::Network> make_network_on(Executor&) override { return make_network(); }
   void stop_process(int code) override;
   uint32_t proc() const { return proc_; }
 

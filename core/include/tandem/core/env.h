@@ -71,6 +71,10 @@ class Env {
   virtual std::shared_ptr<Event> make_event() = 0;
   // The TCP network seam (a simulator connects its nodes in memory).
   virtual std::unique_ptr<net::Network> make_network() = 0;
+  // A network with no thread of its own: its I/O and callbacks run on `loop`, an executor this
+  // Env made, so one thread serves both the network and the loop's other tasks (a node's engine)
+  // without a hand-off between them. `loop` must outlive the Network.
+  virtual std::unique_ptr<net::Network> make_network_on(Executor& loop) = 0;
   // Stops this process at once, crash-only (a refused fence). The real Env exits with `code`;
   // a simulator kills the simulated node (cut off from network and disk) and returns.
   virtual void stop_process(int code) = 0;

@@ -10,6 +10,10 @@
 
 #include <tandem/core/status.h>
 
+namespace tandem {
+class Executor;
+}
+
 namespace tandem::net {
 
 struct Endpoint {
@@ -45,11 +49,15 @@ class Network {
   virtual void connect(const Endpoint& to, std::function<void(Result<std::shared_ptr<Connection>>)> done) = 0;
   // Runs `fn` on the network thread after `delay_ms`.
   virtual void after(int64_t delay_ms, std::function<void()> fn) = 0;
-  // Closes listeners and connections and joins the network thread.
+  // Closes listeners and connections; no callback of this network runs after it returns. A
+  // network with its own thread joins it. Must not be called on the network thread.
   virtual void stop() = 0;
 };
 
 // Asio on one dedicated thread.
 std::unique_ptr<Network> make_real_network();
+// Asio on `loop`, which must be the real Env's executor (otherwise: a thread of its own, as
+// make_real_network). See Env::make_network_on.
+std::unique_ptr<Network> make_real_network_on(Executor& loop);
 
 }  // namespace tandem::net

@@ -1,0 +1,64 @@
+#include <tandem/core/net.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include <doctest/doctest.h>
+
+#include <tandem/core/env.h>
+
+using namespace tandem;
+
+namespace {
+// Polls `cond` for up to two seconds.
+template <class F>
+bool eventually(F cond) {
+  for (int i = 0; i < 400; ++i) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return cond();
+}
+}  // namespace
+
+TEST_CASE("a network on a borrowed loop runs its callbacks there, and none after stop(), while the loop goes on") {
+  auto env = make_real_env();
+  auto loop = env->make_executor("test-loop");
+  auto net = env->make_network_on(*loop);
+  auto peer_net = env->make_network();
+  std::atomic<int> data{0}, closed{0}, off_loop{0};
+  auto port = net->listen({"127.0.0.1", 0}, [&](std::shared_ptr<net::Connection> c) {
+    c->start(
+        [&, c](std::string_view bytes) {
+          if (!loop->in_this_thread()) off_loop++;
+          data += static_cast<int>(bytes.size());
+        },
+        [&](Status) { closed++; });
+  });
+  REQUIRE(port.is_ok());
+  std::shared_ptr<net::Connection> peer;
+  std::atomic<bool> connected{false};
+  peer_net->connect({"127.0.0.1", *port}, [&](Result<std::shared_ptr<net::Connection>> c) {
+    REQUIRE(c.is_ok());
+    peer = *c;
+    peer->start([](std::string_view) {}, [](Status) {});
+    connected = true;
+  });
+  REQUIRE(eventually([&] { return connected.load(); }));
+  peer->send("abc");
+  REQUIRE(eventually([&] { return data.load() == 3; }));
+  CHECK(off_loop.load() == 0);
+
+  net->stop();
+  int before = data.load() + closed.load();
+  peer->send("more bytes after the stop");
+  peer->close();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(data.load() + closed.load() == before);
+  // The loop itself still runs tasks: only the network's callbacks stopped.
+  std::atomic<bool> ran{false};
+  loop->post([&] { ran = true; });
+  CHECK(eventually([&] { return ran.load(); }));
+  peer_net->stop();
+}
