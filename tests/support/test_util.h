@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <random>
@@ -18,7 +19,9 @@ class TempDir {
     path_ = std::filesystem::temp_directory_path() / ("tandem-" + tag + "-" + std::to_string(rd()) + std::to_string(rd()));
     std::filesystem::create_directories(path_);
   }
+  // TANDEM_KEEP_TEMP=1 keeps the folder (node logs, RocksDB LOGs) for a look after a failure.
   ~TempDir() {
+    if (std::getenv("TANDEM_KEEP_TEMP")) return;
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
   }
