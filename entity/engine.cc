@@ -290,20 +290,19 @@ void Engine::deliver(Envelope env, messaging::AckFn ack) {
   w.env = std::move(env);
   w.ack = std::move(ack);
   w.arrived_us = env_.clock().now_us();
-  if (exec_ && exec_->in_this_thread()) {
+  bool here = exec_ && exec_->in_this_thread();
+  // A delivery (it has an ack: its sender retries) is refused while too many wait here; client
+  // calls are bounded by max_pending_calls instead.
+  if (w.ack && (here ? ready_.size() : c_.inbox + c_.ready) >= opts_.max_inbox) {
+    c_.busy++;
+    return w.ack(Status::unavailable("busy: " + std::to_string(opts_.max_inbox) + " messages wait to run here"));
+  }
+  if (here) {
     // On the engine's thread (the relay delivering locally, or the network that shares the
     // engine's loop): no hand-off needed.
-    if (w.ack && ready_.size() >= opts_.max_inbox) {
-      c_.busy++;
-      return w.ack(Status::unavailable("busy: " + std::to_string(opts_.max_inbox) + " messages wait to run here"));
-    }
     ready_.push_back(std::move(w));
     schedule_step();
     return;
-  }
-  if (c_.inbox + c_.ready >= opts_.max_inbox) {
-    c_.busy++;
-    return w.ack(Status::unavailable("busy: " + std::to_string(opts_.max_inbox) + " messages wait to run here"));
   }
   bool wake;
   {
