@@ -433,22 +433,28 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
                 const std::string& tag, double seconds, double load_fraction, const std::string& trace_prefix,
                 const std::function<void(bool open_loop_starts)>& around_open_loop = {}) {
   LoadResult r;
-  std::mutex mu;
-  std::condition_variable cv;
-  uint64_t outstanding = 0, completed = 0, n = 0;
-  std::vector<std::pair<double, double>> calls;  // (fire time s, latency ms) of the open loop
+  // Shared with the reply callbacks: after a timed-out wait below, late replies must find it.
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    uint64_t outstanding = 0, completed = 0, errors = 0;
+    std::vector<std::pair<double, double>> calls;  // (fire time s, latency ms) of the open loop
+  };
+  auto sh = std::make_shared<Shared>();
+  auto& [mu, cv, outstanding, completed, errors, calls] = *sh;
+  uint64_t n = 0;
   auto fire = [&](size_t slot, bool record) {
     double t0 = now_s();
     std::string target = targets.empty() ? "" : targets[slot % targets.size()];
     client.call<Echo>(to[slot % to.size()], "bench", tag + "-" + std::to_string(n++),
                       [&](Echo::Builder b) { b.setTarget(target); },
-                      [&, t0, record](tandem::entity::ClientReply rep) {
-                        std::lock_guard lock(mu);
-                        if (!rep.status) ++r.errors;
-                        if (record) calls.emplace_back(t0, (now_s() - t0) * 1e3);
-                        --outstanding;
-                        ++completed;
-                        cv.notify_all();
+                      [sh, t0, record](tandem::entity::ClientReply rep) {
+                        std::lock_guard lock(sh->mu);
+                        if (!rep.status) ++sh->errors;
+                        if (record) sh->calls.emplace_back(t0, (now_s() - t0) * 1e3);
+                        --sh->outstanding;
+                        ++sh->completed;
+                        sh->cv.notify_all();
                       });
   };
   // Closed loop: one call outstanding per target entity (an entity holds one pending token).
@@ -490,16 +496,22 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
     cv.wait_for(lock, std::chrono::seconds(30), [&] { return outstanding == 0; });
   }
   if (around_open_loop) around_open_loop(false);
+  std::vector<std::pair<double, double>> answered;
+  {
+    std::lock_guard lock(mu);
+    answered = calls;
+    r.errors = errors + outstanding;  // calls still unanswered count as errors
+  }
   if (!trace_prefix.empty()) {  // one line per call: ms since the open loop began, latency ms
     std::ofstream out(trace_prefix + "." + tag);
     double began_wall =
         std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count() - (now_s() - start);
     out << std::fixed << "# open loop began at wall " << began_wall << " steady " << start << '\n';
-    for (auto& [t, l] : calls) out << (t - start) * 1e3 << ' ' << l << '\n';
-    print_slow_windows(tag, calls, start, began_wall);
+    for (auto& [t, l] : answered) out << (t - start) * 1e3 << ' ' << l << '\n';
+    print_slow_windows(tag, answered, start, began_wall);
   }
   std::vector<double> lat;
-  for (auto& c : calls) lat.push_back(c.second);
+  for (auto& c : answered) lat.push_back(c.second);
   r.lat_ms = percentiles(lat);
   return r;
 }

@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -39,9 +40,12 @@ std::vector<Line> lines_of(uint64_t order, const DemoOptions& o) {
   return lines;
 }
 
-// Outstanding calls, completed from runtime threads.
+// Outstanding calls, completed from runtime threads. Shared with every reply callback: a
+// retried order can be answered twice, and the second answer (or a setup reply after a timeout)
+// may come after run_demo has returned, so the callbacks own it too and do nothing once closed.
 struct Tracker {
   std::mutex mu;
+  bool closed = false;
   std::condition_variable cv;
   uint64_t outstanding = 0;
   std::map<uint64_t, int64_t> started;  // order -> first send (us)
@@ -57,33 +61,38 @@ DemoResult run_demo(Gateway& node, tandem::Clock& clock, const DemoOptions& o) {
   DemoResult res;
   // 1. Items (idempotent: a rerun after a crash finds them set up).
   {
-    std::mutex mu;
-    std::condition_variable cv;
-    uint64_t left = o.items;
-    std::string err;
+    struct Setup {
+      std::mutex mu;
+      std::condition_variable cv;
+      uint64_t left = 0;
+      std::string err;
+    };
+    auto su = std::make_shared<Setup>();  // the callbacks own it too: replies may outlive a timeout
+    su->left = o.items;
     for (uint64_t i = 0; i < o.items; ++i) {
       node.call<SetupItem>(EntityRef{"item", item_key(i)}, "driver", "setup",
                            [&](SetupItem::Builder b) { b.setStock(o.stock); },
-                           [&](ClientReply r) {
-                             std::lock_guard lock(mu);
-                             if (!r.status.is_ok() && err.empty()) err = r.status.to_string();
-                             --left;
-                             cv.notify_all();
+                           [su](ClientReply r) {
+                             std::lock_guard lock(su->mu);
+                             if (!r.status.is_ok() && su->err.empty()) su->err = r.status.to_string();
+                             --su->left;
+                             su->cv.notify_all();
                            });
     }
-    std::unique_lock lock(mu);
-    if (!cv.wait_for(lock, std::chrono::milliseconds(o.quiesce_timeout_ms), [&] { return left == 0; })) {
+    std::unique_lock lock(su->mu);
+    if (!su->cv.wait_for(lock, std::chrono::milliseconds(o.quiesce_timeout_ms), [&] { return su->left == 0; })) {
       res.invariant = "FAILED:item setup timed out";
       return res;
     }
-    if (!err.empty()) {
-      res.invariant = "FAILED:item setup: " + err;
+    if (!su->err.empty()) {
+      res.invariant = "FAILED:item setup: " + su->err;
       return res;
     }
   }
 
   // 2. Orders.
-  Tracker t;
+  auto tracker = std::make_shared<Tracker>();
+  Tracker& t = *tracker;
   auto place = [&](uint64_t i) {
     auto lines = lines_of(i, o);
     node.call<PlaceOrder>(
@@ -96,8 +105,10 @@ DemoResult run_demo(Gateway& node, tandem::Clock& clock, const DemoOptions& o) {
           }
           b.setDeadlineMs(o.deadline_ms);
         },
-        [&t, &clock, i](ClientReply r) {
+        [tracker, &clock, i](ClientReply r) {
+          Tracker& t = *tracker;
           std::lock_guard lock(t.mu);
+          if (t.closed) return;  // run_demo has stopped counting (a retry's late second answer)
           auto it = t.started.find(i);
           if (it == t.started.end()) return;  // a retry's second answer
           if (r.status.code() == tandem::Code::kOverloaded) {  // busy: back off, then place it again
@@ -173,6 +184,7 @@ DemoResult run_demo(Gateway& node, tandem::Clock& clock, const DemoOptions& o) {
   }
   std::string refused = t.first_error;
   uint64_t refused_n = t.refused, outstanding = t.outstanding;
+  t.closed = true;
   lock.unlock();
 
   // 3. Quiescence: cancels and confirms still in flight after the last reply.
