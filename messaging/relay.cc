@@ -48,6 +48,8 @@ void Relay::send(const std::string& key) {
   auto& p = it->second;
   uint64_t gen = p.generation = next_generation_++;
   ++p.attempts;
+  p.sent_us = clock_.now_us();
+  p.awaiting = true;
   auto gate = gate_;
   transport_.send(p.env, [gate, key, gen, this](Status s) {
     std::lock_guard lock(gate->mu);
@@ -58,14 +60,13 @@ void Relay::send(const std::string& key) {
     });
   });
   // No answer at all (lost delivery or lost ack): resent by the sweep after the ack timeout.
-  deadlines_.push_back({clock_.now_us() + opts_.ack_timeout_us, key, gen});
   arm_sweep();
 }
 
 void Relay::arm_sweep() {
-  if (sweep_armed_ || deadlines_.empty()) return;
+  if (sweep_armed_ || pending_.empty()) return;
   sweep_armed_ = true;
-  int64_t wait = std::max(deadlines_.front().due_us - clock_.now_us(), opts_.ack_timeout_us / 4);
+  int64_t wait = std::max<int64_t>(opts_.ack_timeout_us / 4, 1);
   auto gate = gate_;
   exec_.post_after(std::chrono::microseconds(wait), [gate, this] {
     if (!gate->open) return;
@@ -77,12 +78,8 @@ void Relay::arm_sweep() {
 void Relay::sweep() {
   int64_t now = clock_.now_us();
   std::vector<std::string> resend;
-  while (!deadlines_.empty() && deadlines_.front().due_us <= now) {
-    auto d = std::move(deadlines_.front());
-    deadlines_.pop_front();
-    auto it = pending_.find(d.key);
-    if (it != pending_.end() && it->second.generation == d.generation) resend.push_back(std::move(d.key));
-  }
+  for (auto& [key, p] : pending_)
+    if (p.awaiting && now - p.sent_us >= opts_.ack_timeout_us) resend.push_back(key);
   for (auto& key : resend) {
     ++retries_;
     send(key);
@@ -105,7 +102,8 @@ void Relay::on_ack(const std::string& key, uint64_t generation, Status s) {
 
 void Relay::retry_later(const std::string& key, uint64_t generation) {
   auto it = pending_.find(key);
-  it->second.generation = next_generation_++;  // the pending timeout no longer applies
+  it->second.generation = next_generation_++;  // a late ack of the failed attempt no longer counts
+  it->second.awaiting = false;                  // the backoff timer resends it, not the sweep
   uint64_t gen = it->second.generation;
   ++retries_;
   auto gate = gate_;

@@ -19,6 +19,7 @@ class ScriptedTransport final : public Transport {
   void send(const Envelope& env, AckFn ack) override {
     std::lock_guard lock(mu);
     sends.push_back(env.seq);
+    sent_at.push_back(std::chrono::steady_clock::now());
     switch (mode) {
       case Mode::kAck: ack(Status::ok()); break;
       case Mode::kNack: ack(Status::unavailable("busy")); break;
@@ -33,8 +34,17 @@ class ScriptedTransport final : public Transport {
     std::lock_guard lock(mu);
     return sends.size();
   }
+  // Gaps between consecutive sends, in ms.
+  std::vector<double> gaps_ms() {
+    std::lock_guard lock(mu);
+    std::vector<double> g;
+    for (size_t i = 1; i < sent_at.size(); ++i)
+      g.push_back(std::chrono::duration<double, std::milli>(sent_at[i] - sent_at[i - 1]).count());
+    return g;
+  }
   std::mutex mu;
   std::vector<uint64_t> sends;
+  std::vector<std::chrono::steady_clock::time_point> sent_at;
   std::atomic<Mode> mode{Mode::kAck};
 };
 
@@ -44,9 +54,9 @@ struct Fixture {
   ScriptedTransport transport;
   std::mutex mu;
   std::vector<std::string> acked;
-  RelayOptions opts{50'000, 1'000, 20'000};
+  RelayOptions opts;
   std::unique_ptr<Relay> relay;
-  Fixture() {
+  explicit Fixture(RelayOptions o = {50'000, 1'000, 20'000}) : opts(o) {
     relay = std::make_unique<Relay>(*exec, transport, env->clock(), 1, opts, [this](const std::string& k) {
       std::lock_guard lock(mu);
       acked.push_back(k);
@@ -96,6 +106,23 @@ TEST_CASE("a delivery that is never answered is sent again after the ack timeout
   REQUIRE(testing::wait_until([&] { return f.transport.count() >= 2; }, std::chrono::seconds(5)));
   f.transport.mode = ScriptedTransport::Mode::kAck;
   REQUIRE(testing::wait_until([&] { return f.acked_count() == 1; }));
+}
+
+TEST_CASE("an unanswered row is sent again no sooner than its ack timeout, a refused one after its backoff") {
+  SUBCASE("silent") {
+    Fixture f;  // ack timeout 50 ms
+    f.transport.mode = ScriptedTransport::Mode::kSilent;
+    f.add("row-1", 1);
+    REQUIRE(testing::wait_until([&] { return f.transport.count() >= 3; }, std::chrono::seconds(5)));
+    for (double g : f.transport.gaps_ms()) CHECK(g >= 49.0);
+  }
+  SUBCASE("refused, with a backoff longer than the ack timeout") {
+    Fixture f(RelayOptions{20'000, 150'000, 150'000});  // backoff 75-150 ms
+    f.transport.mode = ScriptedTransport::Mode::kNack;
+    f.add("row-1", 1);
+    REQUIRE(testing::wait_until([&] { return f.transport.count() >= 3; }, std::chrono::seconds(5)));
+    for (double g : f.transport.gaps_ms()) CHECK(g >= 74.0);  // the ack-timeout sweep left it alone
+  }
 }
 
 TEST_CASE("acknowledged rows are not sent again when their ack deadline passes") {

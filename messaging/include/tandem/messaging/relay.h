@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -50,18 +49,15 @@ class Relay {
     Envelope env;
     uint32_t attempts = 0;
     uint64_t generation = 0;
-    int64_t added_us = 0;  // steady clock
+    int64_t added_us = 0;    // steady clock
+    int64_t sent_us = 0;     // the latest send
+    bool awaiting = false;   // sent and neither acked nor failed: the ack timeout runs
   };
   struct Gate;
-  // A row sent and not yet acknowledged: resent if still pending with this generation at `due_us`.
-  struct Deadline {
-    int64_t due_us;
-    std::string key;
-    uint64_t generation;
-  };
   void send(const std::string& key);
-  // One timer sweeps the ack deadlines (in send order, as the timeout is the same for all),
-  // at most every timeout/4, instead of a timer per send.
+  // One timer, every timeout/4 while rows are pending, resends the rows whose ack is overdue.
+  // It walks the pending rows, not a record per send: at steady load few rows are unacked at
+  // any moment, while a record per send would hold every row sent in the last timeout.
   void arm_sweep();
   void sweep();
   void on_ack(const std::string& key, uint64_t generation, Status s);
@@ -75,7 +71,6 @@ class Relay {
   RelayOptions opts_;
   AckedFn on_acked_;
   std::map<std::string, Pending> pending_;
-  std::deque<Deadline> deadlines_;
   bool sweep_armed_ = false;
   std::shared_ptr<Gate> gate_;
   uint64_t next_generation_ = 1;
