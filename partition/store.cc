@@ -1,9 +1,14 @@
 #include <tandem/partition/store.h>
 
 #include <cassert>
+#include <cerrno>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
 
@@ -176,6 +181,29 @@ class RocksStore final : public Store {
   std::vector<std::unique_ptr<DropFilter>> filters_;
 };
 
+namespace {
+// Lowers the priority of the thread that runs a flush or a compaction, once per thread (an
+// unprivileged thread can raise its nice value but not lower it again, and RocksDB's pool
+// threads only ever run background jobs). RocksDB calls these on the job's own thread.
+class BackgroundPriority final : public rocksdb::EventListener {
+ public:
+  explicit BackgroundPriority(int nice) : nice_(nice) {}
+  void OnFlushBegin(rocksdb::DB*, const rocksdb::FlushJobInfo&) override { lower(); }
+  void OnCompactionBegin(rocksdb::DB*, const rocksdb::CompactionJobInfo&) override { lower(); }
+
+ private:
+  void lower() const {
+    thread_local bool lowered = false;
+    if (lowered) return;
+    lowered = true;
+    // On Linux, PRIO_PROCESS with a thread id applies to that thread alone.
+    if (setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), nice_) != 0)
+      log::warn("cannot lower a RocksDB background thread to nice {}: errno {}", nice_, errno);
+  }
+  int nice_;
+};
+}  // namespace
+
 Result<std::unique_ptr<Store>> Store::open(const StoreOptions& opts) {
   rocksdb::Options o;
   o.create_if_missing = true;
@@ -185,6 +213,7 @@ Result<std::unique_ptr<Store>> Store::open(const StoreOptions& opts) {
   // The outbox family's memtable is a vector (below), which takes no concurrent inserts. The
   // node writes from one committer at a time anyway.
   o.allow_concurrent_memtable_write = false;
+  if (opts.background_nice > 0) o.listeners.push_back(std::make_shared<BackgroundPriority>(opts.background_nice));
   if (opts.power_cut) o.env = opts.power_cut->impl().env.get();
   rocksdb::ColumnFamilyOptions cfo;
   cfo.write_buffer_size = 32 << 20;

@@ -1,6 +1,12 @@
 #include <tandem/partition/store.h>
 
 #include <atomic>
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <optional>
 
 #include <doctest/doctest.h>
@@ -284,4 +290,30 @@ TEST_CASE("a compaction drops the rows the drop hook names, in the families it n
   CHECK(*(*store)->get(Cf::kActivity, "b").value() == "new");
   CHECK(*(*store)->get(Cf::kActivity, "keep").value() == "old");
   CHECK(*(*store)->get(Cf::kState, "a").value() == "old");
+}
+
+TEST_CASE("RocksDB's flush and compaction threads run at the background nice value, the caller's thread does not") {
+  testing::TempDir dir("store");
+  StoreOptions so{dir.str(), Durability::kStrict};
+  REQUIRE(so.background_nice == 10);
+  errno = 0;
+  int caller_before = getpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)));
+  REQUIRE(errno == 0);
+  auto store = Store::open(so);
+  REQUIRE(store.is_ok());
+  WriteBatch b;
+  b.put(Cf::kState, "a", "1");
+  REQUIRE((*store)->write(b).is_ok());
+  REQUIRE((*store)->compact(Cf::kState).is_ok());  // a flush, then a compaction, on RocksDB's threads
+  int lowered = 0;
+  for (auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::string comm;
+    std::ifstream(task.path() / "comm") >> comm;
+    if (comm.rfind("rocksdb:", 0) != 0) continue;
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, static_cast<id_t>(std::stoi(task.path().filename().string())));
+    if (errno == 0 && nice >= 10) ++lowered;
+  }
+  CHECK(lowered >= 1);
+  CHECK(getpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid))) == caller_before);
 }

@@ -40,6 +40,11 @@ struct StoreOptions {
   Durability durability = Durability::kStrict;
   PowerCut* power_cut = nullptr;  // tests: write through a PowerCut's file system (borrowed)
   DropFn drop_on_compaction = nullptr;  // optional
+  // RocksDB's flush and compaction threads lower their CPU priority to this nice value when
+  // they start their first job (0: left as they are), so background work takes the CPU the
+  // commit path leaves idle instead of competing with it. A process-wide effect: the threads
+  // belong to RocksDB's default environment, shared by every store of the process.
+  int background_nice = 10;
 };
 
 // A set of writes applied atomically by Store::write. Not thread-safe.
