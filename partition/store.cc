@@ -196,8 +196,13 @@ class BackgroundPriority final : public rocksdb::EventListener {
     thread_local bool lowered = false;
     if (lowered) return;
     lowered = true;
-    // On Linux, PRIO_PROCESS with a thread id applies to that thread alone.
-    if (setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), nice_) != 0)
+    // On Linux, PRIO_PROCESS with a thread id applies to that thread alone. A process started
+    // at a higher nice value keeps it (going back down would need privileges).
+    auto tid = static_cast<id_t>(syscall(SYS_gettid));
+    errno = 0;
+    int now = getpriority(PRIO_PROCESS, tid);
+    if (errno == 0 && now >= nice_) return;
+    if (setpriority(PRIO_PROCESS, tid, nice_) != 0)
       log::warn("cannot lower a RocksDB background thread to nice {}: errno {}", nice_, errno);
   }
   int nice_;
