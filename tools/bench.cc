@@ -483,7 +483,11 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
   double start = now_s(), next = start;
   size_t slot = 0;
   while (now_s() - start < seconds) {
-    while (now_s() < next) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    // One sleep per call (a loop of short sleeps woke this thread several times per call, CPU
+    // the nodes share); a late wake-up fires the calls that are due back to back.
+    if (now_s() < next)
+      std::this_thread::sleep_until(std::chrono::steady_clock::time_point(
+          std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(next))));
     {
       std::lock_guard lock(mu);
       ++outstanding;
