@@ -8,8 +8,8 @@
 
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
-#include <rocksdb/listener.h>
 #include <rocksdb/filter_policy.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/options.h>
 
 #include "power_cut_impl.h"
@@ -237,8 +237,9 @@ Result<std::unique_ptr<Store>> Store::open(const StoreOptions& opts) {
     // Outbox rows are written once and deleted once (a put at send, a delete at ack) and read
     // only by scans (recovery, a move's export, inspect): an append-only memtable takes each
     // write without the skip list's ordered insert. A scan copies and sorts it, and a move scans
-    // the outbox while its partition is frozen, so the family's memtables stay small (with 32 MiB ones, the demo's p99 during a
-    // move storm was 3.3-4.6 times its steady p99 in 8 of 8 runs, against 2.1-3.9 with 4 MiB).
+    // the outbox while its partition is frozen, so the family's memtables stay small (with
+    // 32 MiB ones, the demo's p99 during a move storm was 3.3-4.6 times its steady p99 in 8 of 8
+    // runs, against 2.1-3.9 with 4 MiB).
     if (static_cast<Cf>(i) == Cf::kOutbox) {
       o.memtable_factory = std::make_shared<rocksdb::VectorRepFactory>();
       o.write_buffer_size = 4 << 20;

@@ -4,10 +4,10 @@
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <optional>
 
 #include <doctest/doctest.h>
 
