@@ -21,7 +21,9 @@
 #include <tandem/core/net.h>
 #include <tandem/messaging/session.h>
 
+#include <tandem/entity/client.h>
 #include <tandem/entity/payload.h>
+#include <tandem/partition/partition_map.h>
 
 #include "reservation.capnp.h"
 #include "test_util.h"
@@ -578,6 +580,69 @@ TEST_CASE("the target killed at each step of a move: exactly one owner, nothing 
     check_demo_again(c, drive, "--orders 1500 --items 100 --order-prefix after-");
   }
   MESSAGE("CRASH move steps (target) points=3 kills=3 recovered=3");
+}
+
+TEST_CASE("a target that died after ingesting a move does not arm the timers of the partition on restart") {
+  // Orders of partition 1 (node 1) wait on an item of node 3, which is paused, so each holds a
+  // live escrow deadline timer. Node 2 receives partition 1 in a move and dies after ingesting
+  // it; the move is rolled back. Restarted, node 2 holds the partition's timer rows but does not
+  // host the orders: it must leave those timers unarmed (armed, they would sit in its heap until
+  // their deadline, and count as pending).
+  Cluster c;
+  require_drive(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 200 --items 60");
+  tandem::entity::Client::Options co;
+  co.config_path = c.conf;
+  auto client = tandem::entity::Client::connect(co);
+  REQUIRE(client.is_ok());
+  auto& cl = **client;
+  auto map = tandem::partition::PartitionMap::decode(cl.map_bytes());
+  REQUIRE(map.is_ok());
+  std::string item;
+  for (int i = 0; i < 60 && item.empty(); ++i)
+    if (cl.owner_of({"item", "sku-" + std::to_string(i)}) == 3) item = "sku-" + std::to_string(i);
+  REQUIRE(!item.empty());
+  std::vector<std::string> orders;
+  for (int i = 0; orders.size() < 20 && i < 10'000; ++i) {
+    std::string key = "timer-" + std::to_string(i);
+    auto* p = map->find({"order", key});
+    if (p && p->id == 1 && p->owner == 1) orders.push_back(key);
+  }
+  REQUIRE(orders.size() == 20);
+  auto timers_on = [&](uint32_t node) -> int64_t {
+    auto r = cl.request(node, "timers", "", 2'000);
+    return r ? std::stoll(*r) : -1;
+  };
+
+  REQUIRE(c.launcher("stop 3").code == 0);
+  struct Resume {  // whatever happens below, node 3 goes on
+    Cluster& c;
+    ~Resume() { c.launcher("cont 3"); }
+  } resume{c};
+  auto answered = std::make_shared<std::atomic<int>>(0);
+  for (auto& key : orders)
+    cl.call<PlaceOrder>({"order", key}, "test", key,
+                        [&](PlaceOrder::Builder b) {
+                          auto l = b.initLines(1);
+                          l[0].setItem(item);
+                          l[0].setQty(1);
+                          b.setDeadlineMs(600'000);
+                        },
+                        [answered](tandem::entity::ClientReply) { ++*answered; });
+  REQUIRE(tandem::testing::wait_until([&] { return timers_on(1) == 20; }));
+  CHECK(*answered == 0);
+
+  auto mv = crash_during(c, 2, "move:ingested", "move 1 2");
+  INFO(mv.text);
+  REQUIRE(tandem::testing::wait_until([&] { return timers_on(2) >= 0; }));
+  auto log = read_file(c.dir.sub("c") + "/node-2.log");
+  CHECK(log.find("(20 timers of entities hosted elsewhere left unarmed)") != std::string::npos);
+  CHECK(timers_on(2) == 0);
+  CHECK(timers_on(1) == 20);
+
+  REQUIRE(c.launcher("cont 3").code == 0);
+  REQUIRE(tandem::testing::wait_until([&] { return *answered == 20 && timers_on(1) == 0; }));
+  CHECK(timers_on(2) == 0);
+  CHECK(timers_on(3) == 0);
 }
 
 TEST_CASE("add-node brings a new node in, rebalance gives it partitions, and traffic reaches it") {

@@ -502,6 +502,12 @@ SimResult run_seed(const SimOptions& o) {
   }
   if (!quiet) violation("no quiescence within " + std::to_string(o.heal_limit_ms / 1000) + " s after healing");
   if (res.violations.empty()) check_stores(cl, o, orders, res, violation);
+  if (res.violations.empty()) {
+    // Every order is terminal and its deadline timer cancelled or fired: no node holds a timer.
+    auto timers = cl.pending_timers();
+    if (!timers) violation("reading pending timers: " + timers.status().to_string());
+    else if (*timers != 0) violation(std::to_string(*timers) + " timers still pending after quiescence");
+  }
   SAY("done: %zu violations, %llu confirmed, %llu cancelled", res.violations.size(),
       static_cast<unsigned long long>(res.confirmed), static_cast<unsigned long long>(res.cancelled));
   c.client_.reset();
