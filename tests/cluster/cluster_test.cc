@@ -7,9 +7,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <future>
+#include <memory>
 #include <random>
 #include <set>
 #include <sstream>
@@ -99,6 +101,13 @@ struct Cluster {
   Out launcher(const std::string& args) { return sh(env + TANDEM_CLUSTER_SCRIPT + " " + args); }
   int port(int node) const { return base + node; }
   std::string secret() { return read_file(dir.sub("c") + "/secret"); }
+};
+
+// Resumes (SIGCONT) a paused node when it goes out of scope, whatever failed in between.
+struct ContOnExit {
+  Cluster& c;
+  int node;
+  ~ContOnExit() { c.launcher("cont " + std::to_string(node)); }
 };
 
 struct Refusal {
@@ -614,10 +623,7 @@ TEST_CASE("a target that died after ingesting a move does not arm the timers of 
   };
 
   REQUIRE(c.launcher("stop 3").code == 0);
-  struct Resume {  // whatever happens below, node 3 goes on
-    Cluster& c;
-    ~Resume() { c.launcher("cont 3"); }
-  } resume{c};
+  ContOnExit resume{c, 3};
   auto answered = std::make_shared<std::atomic<int>>(0);
   for (auto& key : orders)
     cl.call<PlaceOrder>({"order", key}, "test", key,
@@ -759,11 +765,7 @@ TEST_CASE("etcd metadata: a controller paused (SIGSTOP) past its lease in the mi
   CAPTURE(pid);
   uint64_t epoch = epoch_of(c);
   auto mv = std::async(std::launch::async, [&] { return sh(c.ctl + "move " + std::to_string(pid) + " " + std::to_string(to)); });
-  struct Resume {  // whatever happens below, the paused node goes on (the move's tandemctl waits for it)
-    Cluster& c;
-    int n;
-    ~Resume() { c.launcher("cont " + std::to_string(n)); }
-  } resume{c, ctl};
+  ContOnExit resume{c, ctl};  // the move's tandemctl waits for the paused node
   REQUIRE(tandem::testing::wait_until([&] { return log_has(c, ctl, "stop point reached"); }, std::chrono::seconds(30)));
   // Past its lease another node takes the role and thaws the partition at its owner.
   REQUIRE(tandem::testing::wait_until([&] {
@@ -805,11 +807,7 @@ TEST_CASE("etcd metadata: a source paused (SIGSTOP) past its lease while its par
   REQUIRE(pid != 0);
   uint64_t epoch = epoch_of(c);
   REQUIRE(c.launcher("stop " + std::to_string(from)).code == 0);
-  struct Resume {
-    Cluster& c;
-    int n;
-    ~Resume() { c.launcher("cont " + std::to_string(n)); }
-  } resume{c, from};
+  ContOnExit resume{c, from};
   std::this_thread::sleep_for(std::chrono::seconds(4));  // past the 3 s lease
   // Refused (the source does not take the controller's map) or aborted (it does not take the
   // freeze): either way nothing is committed and the partition stays.
@@ -841,10 +839,7 @@ TEST_CASE("backpressure: a stopped node makes the others' outboxes stop at their
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // items set up, orders flowing
   REQUIRE(c.launcher("stop 3").code == 0);
-  struct Resume {
-    Cluster& c;
-    ~Resume() { c.launcher("cont 3"); }
-  } resume{c};
+  ContOnExit resume{c, 3};
   auto metric = [&](int node, const std::string& name) {
     auto m = sh("curl -s --max-time 5 http://127.0.0.1:" + std::to_string(c.base + 100 + node) + "/metrics");
     auto pos = m.text.find(name + "{node=\"" + std::to_string(node) + "\"} ");
