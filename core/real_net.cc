@@ -98,14 +98,25 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
 
   std::string peer() const override { return peer_; }
 
+  // At the network's stop, on its thread: closes the socket and drops the user's callbacks,
+  // which may own this connection (a session holding its connection), without calling them.
+  void abandon() { fail(Status::unavailable("network stopped")); }
+
  private:
   void read() {
     auto self = shared_from_this();
     socket_.async_read_some(asio::buffer(buf_), [self](const boost::system::error_code& ec, size_t n) {
       if (ec) return self->fail(Status::unavailable("read: " + ec.message()));
       if (!*self->live_) return self->fail(Status::unavailable("network stopped"));
-      if (self->on_data_) self->on_data_(std::string_view(self->buf_.data(), n));
-      if (!self->socket_.is_open()) return;
+      if (self->on_data_) {
+        self->in_on_data_ = true;
+        self->on_data_(std::string_view(self->buf_.data(), n));
+        self->in_on_data_ = false;
+      }
+      if (!self->socket_.is_open()) {
+        self->on_data_ = nullptr;  // a fail() inside the call left it to be dropped here
+        return;
+      }
       self->read();
     });
   }
@@ -155,7 +166,7 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
     socket_.shutdown(tcp::socket::shutdown_both, ec);
     socket_.close(ec);
     auto cb = std::move(on_close_);
-    on_data_ = nullptr;
+    if (!in_on_data_) on_data_ = nullptr;  // never destroy the callback that is running
     if (cb && *live_) cb(std::move(s));
   }
 
@@ -166,6 +177,7 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
   std::array<char, 64 * 1024> buf_{};
   std::function<void(std::string_view)> on_data_;
   std::function<void(Status)> on_close_;
+  bool in_on_data_ = false;  // on the network thread: on_data_ is running
   mutable std::mutex mu_;
   std::vector<std::string> pending_;
   std::string out_;
@@ -221,7 +233,7 @@ class AsioNetwork final : public Network {
     sock->async_connect(tcp::endpoint(addr, to.port), [this, live = live_, sock, done, to](const boost::system::error_code& ec) {
       if (!*live) return;
       if (ec) return done(Status::unavailable("connect " + to.to_string() + ": " + ec.message()));
-      done(std::shared_ptr<Connection>(std::make_shared<AsioConnection>(io_, std::move(*sock), live_)));
+      done(std::shared_ptr<Connection>(track(std::make_shared<AsioConnection>(io_, std::move(*sock), live_))));
     });
   }
 
@@ -236,14 +248,25 @@ class AsioNetwork final : public Network {
     if (stopped_.exchange(true)) return;
     auto close = [this] {
       *live_ = false;  // on the network's thread: a callback running now finishes first
-      std::lock_guard lock(mu_);
-      for (auto& a : acceptors_) {
-        boost::system::error_code ec;
-        a->close(ec);
+      std::vector<std::weak_ptr<AsioConnection>> conns;
+      {
+        std::lock_guard lock(mu_);
+        for (auto& a : acceptors_) {
+          boost::system::error_code ec;
+          a->close(ec);
+        }
+        conns.swap(conns_);
       }
+      for (auto& w : conns)
+        if (auto c = w.lock()) c->abandon();
     };
     if (own_) {
-      asio::post(io_, close);
+      std::promise<void> closed;
+      asio::post(io_, [&] {
+        close();
+        closed.set_value();
+      });
+      closed.get_future().wait();
       own_->work.reset();
       io_.stop();
       own_->thread.join();
@@ -264,9 +287,20 @@ class AsioNetwork final : public Network {
   void accept(std::shared_ptr<tcp::acceptor> acc, std::shared_ptr<std::function<void(std::shared_ptr<Connection>)>> h) {
     acc->async_accept([this, live = live_, acc, h](const boost::system::error_code& ec, tcp::socket s) {
       if (ec == asio::error::operation_aborted || !acc->is_open() || !*live) return;
-      if (!ec) (*h)(std::make_shared<AsioConnection>(io_, std::move(s), live_));
+      if (!ec) (*h)(track(std::make_shared<AsioConnection>(io_, std::move(s), live_)));
       accept(acc, h);
     });
+  }
+
+  // Connections are remembered (weakly) so that stop() can close the ones still open.
+  std::shared_ptr<AsioConnection> track(std::shared_ptr<AsioConnection> c) {
+    std::lock_guard lock(mu_);
+    if (conns_.size() >= 64 && conns_.size() >= 2 * live_conns_) {
+      std::erase_if(conns_, [](auto& w) { return w.expired(); });
+      live_conns_ = conns_.size();
+    }
+    conns_.push_back(c);
+    return c;
   }
 
   struct Own {
@@ -281,6 +315,8 @@ class AsioNetwork final : public Network {
   std::atomic<bool> stopped_{false};
   std::mutex mu_;
   std::vector<std::shared_ptr<tcp::acceptor>> acceptors_;
+  std::vector<std::weak_ptr<AsioConnection>> conns_;
+  size_t live_conns_ = 0;  // conns_.size() after the last sweep of expired entries
 };
 
 }  // namespace

@@ -1,8 +1,12 @@
 #include <tandem/core/net.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <memory>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -61,4 +65,45 @@ TEST_CASE("a network on a borrowed loop runs its callbacks there, and none after
   loop->post([&] { ran = true; });
   CHECK(eventually([&] { return ran.load(); }));
   peer_net->stop();
+}
+
+TEST_CASE("stop() frees the connections still open, also those their own callbacks hold (a session owns its connection)") {
+  auto env = make_real_env();
+  auto loop = env->make_executor("test-loop");
+  for (bool borrowed : {false, true}) {
+    CAPTURE(borrowed);
+    auto server = borrowed ? env->make_network_on(*loop) : env->make_network();
+    auto client = env->make_network();
+    std::mutex mu;
+    std::vector<std::weak_ptr<net::Connection>> seen;  // both ends, server's and client's
+    auto hold_self = [&](std::shared_ptr<net::Connection> c) {
+      {
+        std::lock_guard lock(mu);
+        seen.push_back(c);
+      }
+      c->start([c](std::string_view) {}, [c](Status) {});  // the callbacks keep `c` alive
+    };
+    auto port = server->listen({"127.0.0.1", 0}, hold_self);
+    REQUIRE(port.is_ok());
+    std::atomic<int> connected{0};
+    for (int i = 0; i < 3; ++i)
+      client->connect({"127.0.0.1", *port}, [&](Result<std::shared_ptr<net::Connection>> c) {
+        REQUIRE(c.is_ok());
+        hold_self(*c);
+        (*c)->send("hello");
+        connected++;
+      });
+    REQUIRE(eventually([&] {
+      std::lock_guard lock(mu);
+      return connected.load() == 3 && seen.size() == 6;
+    }));
+    server->stop();
+    client->stop();
+    client.reset();  // a network with its own thread drops its pending handlers here
+    server.reset();
+    CHECK(eventually([&] {
+      std::lock_guard lock(mu);
+      return std::all_of(seen.begin(), seen.end(), [](auto& w) { return w.expired(); });
+    }));
+  }
 }
