@@ -253,7 +253,10 @@ std::string check_invariant(Gateway& node, const DemoOptions& o, DemoResult* cou
     counts->broken = broken;
   }
   if (items.size() != o.items) note("expected " + std::to_string(o.items) + " items, found " + std::to_string(items.size()));
-  if (orders != o.orders) note("expected " + std::to_string(o.orders) + " orders, found " + std::to_string(orders));
+  if (orders != o.orders)
+    note("expected " + std::to_string(o.orders) + " orders named '" + o.order_prefix + "N', found " +
+         std::to_string(orders) +
+         (orders > o.orders ? " (an earlier drive on this cluster placed more; a new run needs its own --order-prefix)" : ""));
   for (auto& [key, it] : items) {
     if (it.stock + it.reserved + it.sold != it.initial)
       note("item " + key + ": stock+reserved+sold=" + std::to_string(it.stock + it.reserved + it.sold) +

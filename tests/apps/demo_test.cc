@@ -140,6 +140,17 @@ TEST_CASE("the demo on one node ends with every order terminal and the invariant
   CHECK(r.result_line().find("durability=strict") != std::string::npos);
 }
 
+TEST_CASE("a second run on the same data with the same order prefix is told why its count is off, a new prefix passes") {
+  tandem::testing::TempDir dir("rerun");
+  const std::vector<std::string> base{"--items", "50", "--stock", "20", "--durability", "relaxed", "--data", dir.sub("data")};
+  check_ok(run_demo(with(base, {"--orders", "300"}), "", dir.sub("log")));
+  auto again = run_demo(with(base, {"--orders", "200"}), "", dir.sub("log"));
+  CHECK(again.exit_code == 1);
+  CHECK(again.result_line().find("invariant=FAILED:expected 200 orders named 'order-N', found 300") != std::string::npos);
+  CHECK(again.result_line().find("--order-prefix") != std::string::npos);
+  check_ok(run_demo(with(base, {"--orders", "200", "--order-prefix", "second-"}), "", dir.sub("log")));
+}
+
 TEST_CASE("the demo with every delivery duplicated 3 times and reordered keeps the invariant") {
   tandem::testing::TempDir dir("dup");
   auto r = run_demo(with(kSmall, {"--data", dir.sub("data"), "--no-inline", "--duplicate", "1", "--delay", "0.5",
