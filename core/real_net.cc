@@ -54,6 +54,10 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
   void start(std::function<void(std::string_view)> on_data, std::function<void(Status)> on_close) override {
     auto self = shared_from_this();
     asio::post(io_, [self, on_data = std::move(on_data), on_close = std::move(on_close)]() mutable {
+      {
+        std::lock_guard lock(self->mu_);
+        if (self->closed_) return;  // abandoned at a stop before it started: keep no callbacks
+      }
       self->on_data_ = std::move(on_data);
       self->on_close_ = std::move(on_close);
       self->read();
