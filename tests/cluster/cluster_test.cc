@@ -14,6 +14,7 @@
 #include <memory>
 #include <random>
 #include <set>
+#include <filesystem>
 #include <sstream>
 #include <thread>
 
@@ -86,8 +87,25 @@ struct Cluster {
     REQUIRE(up.code == 0);
   }
   ~Cluster() {
-    launcher("down");
+    launcher("down");  // SIGTERM, then waits: a node's LeakSanitizer report is in its log by now
+    check_sanitizer_reports();
     if (lock_fd >= 0) ::close(lock_fd);
+  }
+  // The nodes' logs hold every life of a node (a restart appends). A sanitizer report there
+  // (ASan, LeakSanitizer at a clean exit, UBSan) fails the test that ran the cluster.
+  void check_sanitizer_reports() {
+    for (auto& e : std::filesystem::directory_iterator(dir.sub("c"))) {
+      auto name = e.path().filename().string();
+      if (name.rfind("node-", 0) != 0 || e.path().extension() != ".log") continue;
+      std::istringstream log(read_file(e.path().string()));
+      for (std::string line; std::getline(log, line);)
+        if (line.find("ERROR: AddressSanitizer") != std::string::npos ||
+            line.find("ERROR: LeakSanitizer") != std::string::npos || line.find(": runtime error: ") != std::string::npos) {
+          INFO(name << ": " << line);
+          CHECK_MESSAGE(false, "a sanitizer report in a node's log");
+          break;
+        }
+    }
   }
   int lock_fd = -1;
   bool lock_block(int b) {
