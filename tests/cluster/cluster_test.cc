@@ -9,12 +9,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <memory>
 #include <random>
 #include <set>
-#include <filesystem>
 #include <sstream>
 #include <thread>
 
@@ -97,7 +97,7 @@ struct Cluster {
     for (auto& e : std::filesystem::directory_iterator(dir.sub("c"))) {
       auto name = e.path().filename().string();
       if (name.rfind("node-", 0) != 0 || e.path().extension() != ".log") continue;
-      std::istringstream log(read_file(e.path().string()));
+      std::ifstream log(e.path());
       for (std::string line; std::getline(log, line);)
         if (line.find("ERROR: AddressSanitizer") != std::string::npos ||
             line.find("ERROR: LeakSanitizer") != std::string::npos || line.find(": runtime error: ") != std::string::npos) {
