@@ -237,7 +237,7 @@ class AsioNetwork final : public Network {
     sock->async_connect(tcp::endpoint(addr, to.port), [this, live = live_, sock, done, to](const boost::system::error_code& ec) {
       if (!*live) return;
       if (ec) return done(Status::unavailable("connect " + to.to_string() + ": " + ec.message()));
-      done(std::shared_ptr<Connection>(track(std::make_shared<AsioConnection>(io_, std::move(*sock), live_))));
+      done(std::shared_ptr<Connection>(track(std::move(*sock))));
     });
   }
 
@@ -264,40 +264,41 @@ class AsioNetwork final : public Network {
       for (auto& w : conns)
         if (auto c = w.lock()) c->abandon();
     };
-    if (own_) {
+    // The close runs on the network's thread; stop() returns once it ran (at once when called
+    // there, on a borrowed loop).
+    if (!own_ && loop_->in_this_thread()) {
+      close();
+    } else {
       std::promise<void> closed;
       asio::post(io_, [&] {
         close();
         closed.set_value();
       });
       closed.get_future().wait();
-      own_->work.reset();
-      io_.stop();
-      own_->thread.join();
-      return;
     }
-    // A borrowed loop keeps running (its owner joins it); wait until the close ran on it.
-    // Handlers still queued there see `live_` and call nobody.
-    if (loop_->in_this_thread()) return close();
-    std::promise<void> done;
-    asio::post(io_, [&] {
-      close();
-      done.set_value();
-    });
-    done.get_future().wait();
+    // A borrowed loop keeps running (its owner joins it); handlers still queued there see
+    // `live_` and call nobody.
+    if (!own_) return;
+    own_->work.reset();
+    io_.stop();
+    own_->thread.join();
   }
 
  private:
   void accept(std::shared_ptr<tcp::acceptor> acc, std::shared_ptr<std::function<void(std::shared_ptr<Connection>)>> h) {
     acc->async_accept([this, live = live_, acc, h](const boost::system::error_code& ec, tcp::socket s) {
       if (ec == asio::error::operation_aborted || !acc->is_open() || !*live) return;
-      if (!ec) (*h)(track(std::make_shared<AsioConnection>(io_, std::move(s), live_)));
+      if (!ec) (*h)(track(std::move(s)));
       accept(acc, h);
     });
   }
 
-  // Connections are remembered (weakly) so that stop() can close the ones still open.
-  std::shared_ptr<AsioConnection> track(std::shared_ptr<AsioConnection> c) {
+  // A connection over a new socket, remembered (weakly) so that stop() can close it if still
+  // open. It is allocated apart from its shared_ptr's control block: with make_shared, a
+  // weak_ptr left in the list would keep the whole object, its 64 KiB read buffer included,
+  // until the next sweep.
+  std::shared_ptr<AsioConnection> track(tcp::socket socket) {
+    std::shared_ptr<AsioConnection> c(new AsioConnection(io_, std::move(socket), live_));
     std::lock_guard lock(mu_);
     if (conns_.size() >= 64 && conns_.size() >= 2 * live_conns_) {
       std::erase_if(conns_, [](auto& w) { return w.expired(); });

@@ -1083,10 +1083,8 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
   if (method == "ingest" || method == "freeze" || method == "unfreeze" || method == "export" || method == "adopt" ||
       method == "release" || method == "drop" || method == "map-update" || method == "map-reset" || method == "median") {
     if (role != "node") return respond(Status::invalid_argument(method + " is for nodes only"), {});
-    if (method == "ingest") {  // a plain store write: no need to leave the network thread
-      auto r = handle_partition_request(method, std::move(body));
-      return respond(r.status(), r ? std::move(*r) : std::string());
-    }
+    // Ingest too: its chunk is written with an fsync, which on the network's thread (the
+    // engine's too) would hold up every session and transition of this node meanwhile.
     part_exec_->post([this, method, body = std::move(body), respond = std::move(respond)]() mutable {
       auto r = handle_partition_request(method, std::move(body));
       respond(r.status(), r ? std::move(*r) : std::string());

@@ -17,6 +17,11 @@ namespace tandem::partition {
 // Files written through the PowerCut get an id; a name points at an id. What a cut leaves:
 // in each folder, the names as of the folder's last fsync (names of files from before the
 // PowerCut are durable as they are), each with its file cut back to its synced length.
+//
+// A cut is one instant: RocksDB's background threads go on writing, syncing, renaming and
+// deleting while the cut copies the folder, so every change of a folder's names (create,
+// rename, delete) happens on disk and in this record under `mu`, and the copy holds `mu` from
+// its first look to its last byte. The methods below expect the caller to hold `mu`.
 struct PowerCut::Impl {
   std::shared_ptr<rocksdb::FileSystem> fs;
   std::unique_ptr<rocksdb::Env> env;

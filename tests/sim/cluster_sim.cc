@@ -490,8 +490,13 @@ SimResult run_seed(const SimOptions& o) {
   while (next_order < o.orders) place(next_order++);
   const int64_t heal_deadline = w.now() + o.heal_limit_ms * 1000;
   for (uint32_t id = 1; id <= static_cast<uint32_t>(o.nodes); ++id)
-    while (!c.up(id) && w.now() < heal_deadline)
-      if (auto s = c.start(id); !s) w.run_until([] { return false; }, w.now() + 1'000'000);
+    while (!c.up(id) && w.now() < heal_deadline) {
+      SAY("restart node %u", id);
+      if (auto s = c.start(id); !s) {
+        SAY("node %u did not start: %s; again later", id, s.to_string().c_str());
+        w.run_until([] { return false; }, w.now() + 1'000'000);
+      }
+    }
   w.run_until([&] { return answered == o.orders && !admin_busy; }, heal_deadline);
   if (answered != o.orders) violation(std::to_string(o.orders - answered) + " orders never answered after healing");
   bool quiet = false;

@@ -70,7 +70,10 @@ TEST_CASE("simulation: regression seeds") {
                  Case{105539, "the same"},
                  Case{103675, "a move's source killed after the commit came back on its cached map with the controller "
                               "paused and served the moved partition from its stale copy (confirms lost); freezes now "
-                              "survive a restart"}}) {
+                              "survive a restart"},
+                 Case{401910, "the power-cut model copied the folder while RocksDB deleted a compacted file: the copy's "
+                              "manifest named an empty file and the node never opened again (no quiescence)"},
+                 Case{400059, "the same"}}) {
     SimOptions o;
     o.seed = c.seed;
     auto r = run_seed(o);
