@@ -65,8 +65,10 @@ Status EtcdMeta::start(Hooks hooks) {
   campaign();
   keeper_ = env_.make_executor("tandem-etcd-keep");
   watcher_ = env_.make_executor("tandem-etcd-watch");
-  watcher_->post([this] { watch_loop(); });
-  keeper_->post_after(std::chrono::milliseconds(kTickMs), [this] { tick(); });
+  // Each loop re-posts itself on the executor it runs on, never through keeper_ / watcher_: stop()
+  // nulls those before the executor's destructor waits for a task that may be running.
+  watcher_->post([this, &w = *watcher_] { watch_loop(w); });
+  keeper_->post_after(std::chrono::milliseconds(kTickMs), [this, &k = *keeper_] { tick(k); });
   return Status::ok();
 }
 
@@ -175,15 +177,15 @@ void EtcdMeta::saw(const EtcdValue& v) {
   if (hooks_.on_map) hooks_.on_map(std::move(*m));
 }
 
-void EtcdMeta::tick() {
+void EtcdMeta::tick(Executor& keeper) {
   if (stop_) return;
   renew();
   campaign();
   if (!watching_) poll_map();  // while the watch is down (it replays from its revision when back)
-  keeper_->post_after(std::chrono::milliseconds(kTickMs), [this] { tick(); });
+  keeper.post_after(std::chrono::milliseconds(kTickMs), [this, &keeper] { tick(keeper); });
 }
 
-void EtcdMeta::watch_loop() {
+void EtcdMeta::watch_loop(Executor& watcher) {
   if (stop_) return;
   int64_t from;
   {
@@ -196,7 +198,7 @@ void EtcdMeta::watch_loop() {
   watching_ = false;
   if (stop_) return;
   log::debug("node {}: etcd watch ended ({}); watching again", id_, st.to_string());
-  watcher_->post_after(std::chrono::milliseconds(200), [this] { watch_loop(); });
+  watcher.post_after(std::chrono::milliseconds(200), [this, &watcher] { watch_loop(watcher); });
 }
 
 Status EtcdMeta::commit(const partition::PartitionMap& next) {

@@ -55,11 +55,11 @@ class EtcdMeta {
   std::shared_ptr<const partition::PartitionMap> newest() const;
 
  private:
-  void tick();  // keeper: renew, campaign, poll the map; re-posts itself
+  void tick(Executor& keeper);  // keeper: renew, campaign, poll the map; re-posts itself
   bool renew();
   void campaign();
   void poll_map();
-  void watch_loop();
+  void watch_loop(Executor& watcher);
   // Records a map read from etcd at `rev`; calls on_map when it is newer.
   void saw(const EtcdValue& v);
 
