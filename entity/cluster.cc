@@ -862,7 +862,7 @@ Result<std::string> ClusterNode::move(uint32_t pid, uint32_t to) {
     for (int attempt = 0;; ++attempt) {
       auto r = call_node(n, n == to ? "adopt" : "release", enc);
       if (r) break;
-      if (env_.clock().now_us() > give_up_us) {
+      if (stopping_ || env_.clock().now_us() > give_up_us) {
         log::error("move of partition {}: node {} did not take epoch {}: {}; it will learn it when it asks", pid, n,
                    next->epoch, r.status().to_string());
         break;
@@ -970,7 +970,9 @@ Result<std::string> ClusterNode::add_node(uint32_t id, const std::string& addrs)
     if (s) (*s)->close();
     reached.set(s.status());
   });
-  if (auto st = reached.wait_us(30'000'000).value_or(Status::unavailable("no answer within 30 s")); !st)
+  std::optional<Status> got;
+  for (int waited_ms = 0; !got && !stopping_ && waited_ms < 30'000; waited_ms += 100) got = reached.wait_us(100'000);
+  if (auto st = got.value_or(Status::unavailable(stopping_ ? "this node is stopping" : "no answer within 30 s")); !st)
     return Status::unavailable("node " + std::to_string(id) + " is not serving at " + addr->to_string() + ": " + st.message());
   TANDEM_TRY(commit_map(*next));
   TANDEM_TRY(adopt_map(*next));

@@ -609,6 +609,39 @@ TEST_CASE("the target killed at each step of a move: exactly one owner, nothing 
   MESSAGE("CRASH move steps (target) points=3 kills=3 recovered=3");
 }
 
+TEST_CASE("a controller stops on SIGTERM at once while a committed move waits for its dead target") {
+  Cluster c;
+  std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 500 --items 100";
+  require_drive(drive);
+  // Node 2 dies when asked to adopt partition 1; node 1, the controller, has committed the move
+  // by then and asks again for up to 15 s. A SIGTERM meanwhile must not wait that out (the
+  // launcher's `down` kills a node that takes over 10 s).
+  REQUIRE(sh("TANDEM_CRASH_AT=move:adopt " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 2").code == 0);
+  auto mv = std::async(std::launch::async, [&] { return sh(c.ctl + "move 1 2"); });
+  auto stopped = [&](int node) {
+    return c.launcher("status").text.find("node " + std::to_string(node) + "  127.0.0.1:" + std::to_string(c.port(node)) +
+                                          "  stopped") != std::string::npos;
+  };
+  REQUIRE(tandem::testing::wait_until([&] { return stopped(2); }));
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(sh("kill -TERM $(cat " + c.dir.sub("c") + "/node-1.pid)").code == 0);
+  REQUIRE(tandem::testing::wait_until([&] { return stopped(1); }, std::chrono::seconds(30)));
+  double took_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  mv.get();
+  CHECK_MESSAGE(took_s < 8.0, "node 1 took " << took_s << " s to stop");
+  std::string log = read_file(c.dir.sub("c") + "/node-1.log");
+  CHECK(log.find("did not take epoch") != std::string::npos);
+  CHECK(log.rfind("stopped") != std::string::npos);
+  CHECK(log.rfind("stopped") > log.rfind("signal 15: stopping"));
+  // The move was committed: both nodes back, node 2 owns the partition and nothing is lost.
+  REQUIRE(c.launcher("restart 1").code == 0);
+  REQUIRE(c.launcher("restart 2").code == 0);
+  REQUIRE(tandem::testing::wait_until([&] {
+    return sh(c.ctl + "partitions").text.find("\n1    order      slots 0..42              2") != std::string::npos;
+  }));
+  check_demo_again(c, drive, "--orders 500 --items 100 --order-prefix after-");
+}
+
 TEST_CASE("a target that died after ingesting a move does not arm the timers of the partition on restart") {
   // Orders of partition 1 (node 1) wait on an item of node 3, which is paused, so each holds a
   // live escrow deadline timer. Node 2 receives partition 1 in a move and dies after ingesting
