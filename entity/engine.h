@@ -115,6 +115,7 @@ class Engine final : public messaging::Inbound {
 
   NodeStats stats() const;
   bool quiescent() const;
+  bool running() const { return running_; }
   partition::Store& store() { return *store_; }
   const partition::Placement& placement() const { return placement_; }
   Result<std::vector<ParkedMessage>> parked();

@@ -65,15 +65,26 @@ void Node::call(const EntityRef& to, uint64_t payload_type, std::string payload,
 
 NodeStats Node::stats() const { return engine_->stats(); }
 bool Node::idle() const { return engine_->quiescent(); }
+namespace {
+Status not_running() { return Status::unavailable("node is not running"); }
+}  // namespace
+
 Result<uint64_t> Node::parked_count() {
-  auto p = engine_->parked();
+  auto p = parked();
   if (!p) return p.status();
   return static_cast<uint64_t>(p->size());
 }
-Result<std::vector<ParkedMessage>> Node::parked() { return engine_->parked(); }
-Status Node::redrive(const std::string& id) { return engine_->redrive(id); }
+Result<std::vector<ParkedMessage>> Node::parked() {
+  if (!engine_->running()) return not_running();
+  return engine_->parked();
+}
+Status Node::redrive(const std::string& id) {
+  if (!engine_->running()) return not_running();
+  return engine_->redrive(id);
+}
 
 Status Node::for_each_state(const std::string& type, const std::function<void(const std::string&, Payload&)>& fn) {
+  if (!engine_->running()) return not_running();
   std::string begin = partition::Placement::type_prefix(type);
   auto& placement = engine_->placement();
   return engine_->store().scan(partition::Cf::kState, begin, keys::prefix_successor(begin),
@@ -88,6 +99,7 @@ Status Node::for_each_state(const std::string& type, const std::function<void(co
 }
 
 Result<std::vector<ActivityInfo>> Node::activities(const EntityRef& ref) {
+  if (!engine_->running()) return not_running();
   std::vector<ActivityInfo> out;
   std::string prefix = engine_->placement().entity_prefix(ref) + 'p';
   Status st = engine_->store().scan(

@@ -33,6 +33,25 @@ TEST_CASE_FIXTURE(NodeFixture, "a client request is applied and answered, and a 
   CHECK(counter("b") == 5);
 }
 
+TEST_CASE_FIXTURE(NodeFixture, "a stopped node answers calls and the admin surface with unavailable") {
+  start();
+  CHECK(total_of(call<Add>({"counter", "a"}, "k1", [](Add::Builder b) { b.setN(2); })) == 2);
+  node->stop();
+  node->stop();  // idempotent
+  auto r = call<Add>({"counter", "a"}, "k2", [](Add::Builder b) { b.setN(1); });
+  CHECK(r.status.code() == tandem::Code::kUnavailable);
+  CHECK(node->parked().status().code() == tandem::Code::kUnavailable);
+  CHECK(node->parked_count().status().code() == tandem::Code::kUnavailable);
+  CHECK(node->redrive("00").code() == tandem::Code::kUnavailable);
+  CHECK(node->activities({"counter", "a"}).status().code() == tandem::Code::kUnavailable);
+  CHECK(node->for_each_state("counter", [](const std::string&, tandem::entity::Payload&) {}).code() ==
+        tandem::Code::kUnavailable);
+  CHECK(node->idle());
+  CHECK(node->stats().applied >= 1);
+  restart();  // and nothing committed was lost
+  CHECK(counter("a") == 2);
+}
+
 TEST_CASE_FIXTURE(NodeFixture, "every delivery duplicated 3 times and reordered: each effect is applied once") {
   opts.inline_local = false;  // every message through outbox, relay and the faulty transport
   opts.faults.duplicate = 1.0;

@@ -97,7 +97,9 @@ class Node final : public Gateway {
   // Opens the store, recovers outbox rows and timers, starts processing.
   // kInvalidArgument for bad options; kInternal when the store cannot be opened.
   Status start();
-  // Finishes in-flight commits and stops. Idempotent.
+  // Finishes in-flight commits and stops. Idempotent. Other threads must have stopped calling
+  // this node (call and the admin surface) first: a call racing stop() is not guarded; a call
+  // after it is answered `unavailable`.
   void stop();
 
   using Gateway::call;
