@@ -330,15 +330,18 @@ uint64_t epoch_of(Cluster& c) {
   return std::stoull(p.text.substr(pos + 8));
 }
 
+// True when the launcher reports `node` stopped.
+bool node_stopped(Cluster& c, int node) {
+  return c.launcher("status").text.find("node " + std::to_string(node) + "  127.0.0.1:" + std::to_string(c.port(node)) +
+                                        "  stopped") != std::string::npos;
+}
+
 // Restarts `node` so that it dies at crash point `point`, runs the tandemctl command that gets
 // there, waits until the node is down and starts it again. Returns the command's output.
 Out crash_during(Cluster& c, int node, const std::string& point, const std::string& command) {
   REQUIRE(sh("TANDEM_CRASH_AT=" + point + " " + c.env + TANDEM_CLUSTER_SCRIPT + " restart " + std::to_string(node)).code == 0);
   auto r = sh(c.ctl + command);
-  REQUIRE(tandem::testing::wait_until([&] {
-    return c.launcher("status").text.find("node " + std::to_string(node) + "  127.0.0.1:" + std::to_string(c.port(node)) +
-                                          "  stopped") != std::string::npos;
-  }));
+  REQUIRE(tandem::testing::wait_until([&] { return node_stopped(c, node); }));
   REQUIRE(c.launcher("restart " + std::to_string(node)).code == 0);
   return r;
 }
@@ -618,14 +621,10 @@ TEST_CASE("a controller stops on SIGTERM at once while a committed move waits fo
   // launcher's `down` kills a node that takes over 10 s).
   REQUIRE(sh("TANDEM_CRASH_AT=move:adopt " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 2").code == 0);
   auto mv = std::async(std::launch::async, [&] { return sh(c.ctl + "move 1 2"); });
-  auto stopped = [&](int node) {
-    return c.launcher("status").text.find("node " + std::to_string(node) + "  127.0.0.1:" + std::to_string(c.port(node)) +
-                                          "  stopped") != std::string::npos;
-  };
-  REQUIRE(tandem::testing::wait_until([&] { return stopped(2); }));
+  REQUIRE(tandem::testing::wait_until([&] { return node_stopped(c, 2); }));
   auto t0 = std::chrono::steady_clock::now();
   REQUIRE(sh("kill -TERM $(cat " + c.dir.sub("c") + "/node-1.pid)").code == 0);
-  REQUIRE(tandem::testing::wait_until([&] { return stopped(1); }, std::chrono::seconds(30)));
+  REQUIRE(tandem::testing::wait_until([&] { return node_stopped(c, 1); }, std::chrono::seconds(30)));
   double took_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   mv.get();
   CHECK_MESSAGE(took_s < 8.0, "node 1 took " << took_s << " s to stop");
