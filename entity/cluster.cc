@@ -193,10 +193,12 @@ Status ClusterNode::load_map() {
   auto store = open_store_({opts_.data_dir, partition::Durability::kStrict});
   // A previous process of this node that was just killed may hold the store's lock for a few
   // more milliseconds while its threads exit: wait for it (bounded) rather than fail.
-  for (int attempt = 0; attempt < 50 && !store && store.status().message().find("LOCK") != std::string::npos; ++attempt) {
+  for (int attempt = 0; attempt < 50 && !stopping_ && !store && store.status().message().find("LOCK") != std::string::npos;
+       ++attempt) {
     env_.clock().sleep_us(100'000);
     store = open_store_({opts_.data_dir, partition::Durability::kStrict});
   }
+  if (!store && stopping_) return Status::unavailable("stopped while waiting for the store's lock");
   if (!store) return store.status();
   {
     std::string begin(kFrozenPrefix);
@@ -250,7 +252,7 @@ Status ClusterNode::load_map() {
   } else {
     // Fetch from the controller; fall back to the cached copy when it is down.
     auto* c = config_.node(controller);
-    for (int attempt = 0; attempt < 300; ++attempt) {
+    for (int attempt = 0; attempt < 300 && !stopping_; ++attempt) {
       Handoff<Result<std::string>> p(env_);
       messaging::SessionOptions o;
       o.secret = secret_;
@@ -265,7 +267,10 @@ Status ClusterNode::load_map() {
           p.set(std::move(body));
         });
       });
-      auto r = p.wait_us(10'000'000).value_or(Status::unavailable("the controller did not answer within 10 s"));
+      std::optional<Result<std::string>> answer;
+      for (int waited_ms = 0; !answer && waited_ms < 10'000 && !stopping_; waited_ms += 100) answer = p.wait_us(100'000);
+      if (!answer && stopping_) break;
+      auto r = std::move(answer).value_or(Status::unavailable("the controller did not answer within 10 s"));
       if (r) {
         auto m = partition::PartitionMap::decode(*r);
         if (!m) return m.status();
@@ -287,6 +292,7 @@ Status ClusterNode::load_map() {
                   r.status().message());
       env_.clock().sleep_us(100'000);
     }
+    if (!mine && stopping_) return Status::unavailable("stopped while waiting for the controller's partition map");
     if (!mine) return Status::unavailable("no partition map: the controller never answered");
   }
   std::lock_guard lock(map_mu_);
@@ -320,9 +326,10 @@ Status ClusterNode::start() {
   if (config_.meta != "embedded") {
     auto addr = EtcdAddress::parse(config_.meta);
     if (!addr) return addr.status();
-    meta_ = std::make_unique<EtcdMeta>(env_, *addr, self_.id);
+    meta_ = std::make_unique<EtcdMeta>(env_, *addr, self_.id, &stopping_);
   }
   TANDEM_TRY(load_map());
+  if (stopping_) return Status::unavailable("stopped while starting");
 
   engine_ = std::make_unique<Engine>(env_, registry_, opts_);
   engine_->set_store_opener(open_store_);

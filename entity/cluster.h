@@ -40,6 +40,10 @@ class ClusterNode {
   ~ClusterNode();
   // Loads or fetches the partition map, opens the store, starts serving.
   Status start();
+  // Makes a start() running on another thread give up its waits (for the store's lock, the
+  // controller's map, etcd) within a moment and fail with `unavailable`; safe from any thread
+  // (a node's signal thread calls it). stop() must still be called after start() returned.
+  void interrupt() { stopping_ = true; }
   void stop();
   const partition::NodeInfo& self() const { return self_; }
   // Where the store comes from (the simulator's in-memory disks). Call before start().

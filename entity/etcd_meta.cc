@@ -16,8 +16,10 @@ uint32_t parse_id(const std::string& s) {
 }
 }  // namespace
 
-EtcdMeta::EtcdMeta(Env& env, EtcdAddress addr, uint32_t node_id)
-    : env_(env), client_(std::move(addr), 2000), id_(node_id) {}
+EtcdMeta::EtcdMeta(Env& env, EtcdAddress addr, uint32_t node_id, const std::atomic<bool>* interrupted)
+    : env_(env), client_(std::move(addr), 2000), id_(node_id), interrupted_(interrupted) {}
+
+bool EtcdMeta::interrupted() const { return interrupted_ && interrupted_->load(); }
 
 EtcdMeta::~EtcdMeta() { release(); }
 
@@ -48,6 +50,7 @@ Result<partition::PartitionMap> EtcdMeta::load_or_create(const partition::Partit
       return *m;
     }
     last = got ? Status::unavailable("no map") : got.status();
+    if (interrupted()) return Status::unavailable("stopped while waiting for etcd");
     if (env_.clock().now_us() > deadline) break;
     if (attempt % 10 == 0) log::info("node {}: waiting for etcd at {}: {}", id_, client_.address().to_string(), last.message());
     env_.clock().sleep_us(200'000);
@@ -58,9 +61,10 @@ Result<partition::PartitionMap> EtcdMeta::load_or_create(const partition::Partit
 Status EtcdMeta::start(Hooks hooks) {
   hooks_ = std::move(hooks);
   bool ok = false;
-  for (int attempt = 0; attempt < 20 && !(ok = renew()); ++attempt) {
+  for (int attempt = 0; attempt < 20 && !(ok = renew()) && !interrupted(); ++attempt) {
     env_.clock().sleep_us(250'000);
   }
+  if (!ok && interrupted()) return Status::unavailable("stopped while waiting for etcd");
   if (!ok) return Status::unavailable("cannot take a lease from etcd at " + client_.address().to_string());
   campaign();
   keeper_ = env_.make_executor("tandem-etcd-keep");

@@ -31,7 +31,9 @@ class EtcdMeta {
     std::function<void(partition::PartitionMap)> on_map;  // a map newer than any seen before
     std::function<void(uint32_t)> on_controller;          // the controller changed (0: none)
   };
-  EtcdMeta(Env& env, EtcdAddress addr, uint32_t node_id);
+  // `interrupted` (borrowed, may be null): once true, load_or_create() and start() stop retrying
+  // and fail with `unavailable` (a node stopped while it waits for etcd).
+  EtcdMeta(Env& env, EtcdAddress addr, uint32_t node_id, const std::atomic<bool>* interrupted = nullptr);
   ~EtcdMeta();
 
   // The map in etcd; when there is none, `initial` is stored (the first node to get there wins).
@@ -57,6 +59,7 @@ class EtcdMeta {
  private:
   void tick(Executor& keeper);  // keeper: renew, campaign, poll the map; re-posts itself
   bool renew();
+  bool interrupted() const;
   void campaign();
   void poll_map();
   void watch_loop(Executor& watcher);
@@ -69,6 +72,7 @@ class EtcdMeta {
   Hooks hooks_;
   std::unique_ptr<Executor> keeper_, watcher_;
   std::atomic<bool> stop_{false};
+  const std::atomic<bool>* interrupted_;
   std::atomic<bool> watching_{false};  // a watch call is running (it resumes from newest_rev_ + 1)
   std::atomic<int64_t> lease_{0};
   std::atomic<int64_t> valid_until_us_{0};

@@ -1,7 +1,11 @@
 #include <tandem/entity/node_main.h>
 
+#include <pthread.h>
+
+#include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <thread>
 
 #include <tandem/core/etcd.h>
 #include <tandem/core/flags.h>
@@ -77,7 +81,8 @@ int NodeMain::run() {
       }
     config->meta = m;
   }
-  // Signals are taken by sigwait below; block them before any thread starts.
+  // SIGTERM and SIGINT are taken by one thread with sigwait; block them before any thread starts.
+  // A signal while start() still waits (for the controller's map, for etcd) interrupts it.
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
@@ -88,13 +93,22 @@ int NodeMain::run() {
   NodeOptions opts;
   opts.max_batch = *max_batch;
   ClusterNode node(*env, registry_, std::move(*config), static_cast<uint32_t>(*id), opts);
-  if (auto s = node.start(); !s) {
-    log::error("cannot start: {}", s.to_string());
+  std::atomic<int> signal{0};
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    signal = sig;
+    node.interrupt();
+  });
+  auto started = node.start();
+  if (!started && signal == 0) {
+    log::error("cannot start: {}", started.to_string());
+    pthread_kill(signals.native_handle(), SIGTERM);  // ends the signal thread's sigwait
+    signals.join();
     return 1;
   }
-  int sig = 0;
-  sigwait(&sigs, &sig);
-  log::info("signal {}: stopping", sig);
+  signals.join();
+  log::info("signal {}: stopping{}", signal.load(), started ? "" : " (it had not started: " + started.message() + ")");
   node.stop();
   log::info("stopped");
   return 0;

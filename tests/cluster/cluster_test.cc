@@ -876,6 +876,59 @@ TEST_CASE("etcd metadata: a source paused (SIGSTOP) past its lease while its par
   CHECK(sh(c.ctl + "parked").text.find("no parked messages") != std::string::npos);
 }
 
+namespace {
+// Node 3 starts with no copy of the map while what it needs to get one (the controller, or etcd)
+// does not answer, so its start() keeps waiting; a SIGTERM then must stop it at once and
+// cleanly. `hold`/`release` take that away and give it back.
+void sigterm_while_starting(Cluster& c, const std::string& hold, const std::string& release, const std::string& waiting) {
+  std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 300 --items 50";
+  require_drive(drive);
+  REQUIRE(c.launcher("kill 3").code == 0);
+  std::string data = c.dir.sub("c") + "/node3";
+  std::filesystem::rename(data, data + ".kept");  // put back below: node 3's partitions live there
+  REQUIRE(sh(hold).code == 0);
+  std::string log_path = c.dir.sub("c") + "/node-3.log", pid_path = c.dir.sub("c") + "/node-3.pid";
+  // Started by hand: the launcher's `restart` would wait for the node to serve. Its log is read
+  // from here on (the first life may have waited for the controller too, while it came up).
+  size_t from = read_file(log_path).size();
+  REQUIRE(sh("nohup " + std::string(TANDEM_RESERVATION_BIN) + " node --config " + c.conf + " --id 3 >>" + log_path +
+             " 2>&1 & echo $! >" + pid_path).code == 0);
+  bool waited = tandem::testing::wait_until([&] { return read_file(log_path).find(waiting, from) != std::string::npos; },
+                                            std::chrono::seconds(30));
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(sh("kill -TERM $(cat " + pid_path + ")").code == 0);
+  bool stopped = tandem::testing::wait_until([&] { return node_stopped(c, 3); }, std::chrono::seconds(60));
+  double took_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  REQUIRE(sh(release).code == 0);
+  REQUIRE(waited);
+  REQUIRE(stopped);
+  CHECK_MESSAGE(took_s < 5.0, "node 3 took " << took_s << " s to stop");
+  std::string log = read_file(log_path).substr(from);
+  INFO(log);
+  CHECK(log.find("signal 15: stopping (it had not started: stopped while waiting for") != std::string::npos);
+  CHECK(log.rfind("stopped") > log.rfind("signal 15: stopping"));
+  CHECK(log.find("cannot start") == std::string::npos);
+  // With its store back and the controller (or etcd) answering, node 3 serves again.
+  std::filesystem::remove_all(data);
+  std::filesystem::rename(data + ".kept", data);
+  REQUIRE(c.launcher("restart 3").code == 0);
+  check_demo_again(c, drive, "--orders 300 --items 50 --order-prefix after-");
+}
+}  // namespace
+
+TEST_CASE("a node waiting at start for the controller's map stops at once on SIGTERM") {
+  Cluster c;
+  std::string pid1 = "$(cat " + c.dir.sub("c") + "/node-1.pid)";
+  sigterm_while_starting(c, "kill -STOP " + pid1, "kill -CONT " + pid1,
+                         "waiting for the controller (node 1) to serve the partition map");
+}
+
+TEST_CASE("etcd metadata: a node waiting at start for etcd stops at once on SIGTERM") {
+  Cluster c(3, "etcd");
+  std::string etcd = "$(cat " + c.dir.sub("c") + "/etcd.pid)";
+  sigterm_while_starting(c, "kill -STOP " + etcd, "kill -CONT " + etcd, "waiting for etcd at");
+}
+
 TEST_CASE("backpressure: a stopped node makes the others' outboxes stop at their caps and clients get busy, all drains after") {
   tandem::testing::TempDir extra("limits");
   {
