@@ -2,6 +2,9 @@
 
 #include <capnp/serialize.h>
 
+#include <chrono>
+#include <thread>
+
 #include <tandem/core/key_codec.h>
 
 #include "engine.h"
@@ -56,18 +59,50 @@ Node::Node(Env& env, const Registry& registry, NodeOptions opts)
     : engine_(std::make_unique<Engine>(env, registry, std::move(opts))) {}
 Node::~Node() { stop(); }
 Status Node::start() { return engine_->start(); }
-void Node::stop() { engine_->stop(); }
 
-void Node::call(const EntityRef& to, uint64_t payload_type, std::string payload, const std::string& client_id,
-                const std::string& idempotency_key, std::function<void(ClientReply)> done) {
-  engine_->call(to, payload_type, std::move(payload), client_id, idempotency_key, std::move(done));
+// Marks one thread inside a call into the engine. stop() sets closed_ and then waits until no
+// entry is left, so an entry that saw the node open keeps the engine alive until it leaves
+// (both atomics are sequentially consistent: an entry and stop() cannot both miss the other).
+class Node::Entry {
+ public:
+  explicit Entry(const Node& n) : n_(n) {
+    n_.entered_++;
+    open_ = !n_.closed_;
+  }
+  ~Entry() { n_.entered_--; }
+  Entry(const Entry&) = delete;
+  Entry& operator=(const Entry&) = delete;
+  bool open() const { return open_ && n_.engine_->running(); }
+
+ private:
+  const Node& n_;
+  bool open_ = false;
+};
+
+void Node::stop() {
+  closed_ = true;
+  while (entered_.load() > 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  engine_->stop();
 }
 
-NodeStats Node::stats() const { return engine_->stats(); }
-bool Node::idle() const { return engine_->quiescent(); }
 namespace {
 Status not_running() { return Status::unavailable("node is not running"); }
 }  // namespace
+
+void Node::call(const EntityRef& to, uint64_t payload_type, std::string payload, const std::string& client_id,
+                const std::string& idempotency_key, std::function<void(ClientReply)> done) {
+  {
+    Entry e(*this);
+    if (e.open()) return engine_->call(to, payload_type, std::move(payload), client_id, idempotency_key, std::move(done));
+  }
+  done(ClientReply{not_running(), 0, {}});  // outside the entry: `done` may call this node again
+}
+
+NodeStats Node::stats() const { return engine_->stats(); }  // counters only: safe at any time
+bool Node::idle() const {
+  Entry e(*this);
+  return !e.open() || engine_->quiescent();  // a stopped node does nothing more
+}
 
 Result<uint64_t> Node::parked_count() {
   auto p = parked();
@@ -75,16 +110,19 @@ Result<uint64_t> Node::parked_count() {
   return static_cast<uint64_t>(p->size());
 }
 Result<std::vector<ParkedMessage>> Node::parked() {
-  if (!engine_->running()) return not_running();
+  Entry e(*this);
+  if (!e.open()) return not_running();
   return engine_->parked();
 }
 Status Node::redrive(const std::string& id) {
-  if (!engine_->running()) return not_running();
+  Entry e(*this);
+  if (!e.open()) return not_running();
   return engine_->redrive(id);
 }
 
 Status Node::for_each_state(const std::string& type, const std::function<void(const std::string&, Payload&)>& fn) {
-  if (!engine_->running()) return not_running();
+  Entry e(*this);
+  if (!e.open()) return not_running();
   std::string begin = partition::Placement::type_prefix(type);
   auto& placement = engine_->placement();
   return engine_->store().scan(partition::Cf::kState, begin, keys::prefix_successor(begin),
@@ -99,7 +137,8 @@ Status Node::for_each_state(const std::string& type, const std::function<void(co
 }
 
 Result<std::vector<ActivityInfo>> Node::activities(const EntityRef& ref) {
-  if (!engine_->running()) return not_running();
+  Entry e(*this);
+  if (!e.open()) return not_running();
   std::vector<ActivityInfo> out;
   std::string prefix = engine_->placement().entity_prefix(ref) + 'p';
   Status st = engine_->store().scan(

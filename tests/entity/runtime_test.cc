@@ -52,6 +52,41 @@ TEST_CASE_FIXTURE(NodeFixture, "a stopped node answers calls and the admin surfa
   CHECK(counter("a") == 2);
 }
 
+TEST_CASE_FIXTURE(NodeFixture, "stop() while other threads call the node and its admin surface: every call answered, no crash") {
+  start();
+  constexpr int kThreads = 3, kCalls = 1500;
+  std::atomic<int> answered{0}, ok{0};
+  std::atomic<int> odd{0};  // answers other than ok and unavailable
+  std::vector<std::atomic<int>> oks(kThreads);
+  std::vector<std::thread> callers;
+  for (int t = 0; t < kThreads; ++t)
+    callers.emplace_back([&, t] {
+      std::string key = "c" + std::to_string(t);
+      for (int i = 0; i < kCalls; ++i) {
+        node->call<Add>({"counter", key}, "test-client", key + "-" + std::to_string(i), [](Add::Builder b) { b.setN(1); },
+                        [&, t](tandem::entity::ClientReply r) {
+                          if (r.status.is_ok()) ++ok, ++oks[t];
+                          else if (r.status.code() != Code::kUnavailable) ++odd;
+                          ++answered;
+                        });
+        if (i % 16 == 0) {
+          (void)node->idle();
+          (void)node->parked_count();
+          (void)node->activities({"counter", key});
+          (void)node->for_each_state("counter", [](const std::string&, Payload&) {});
+        }
+      }
+    });
+  REQUIRE(tandem::testing::wait_until([&] { return ok >= 300; }, std::chrono::seconds(30)));
+  node->stop();
+  for (auto& c : callers) c.join();
+  CHECK(answered == kThreads * kCalls);  // the ones waiting at stop() were answered unavailable
+  CHECK(odd == 0);
+  CHECK(node->parked().status().code() == Code::kUnavailable);
+  restart();  // every call answered ok was applied (one answered unavailable may have been too)
+  for (int t = 0; t < kThreads; ++t) CHECK(counter("c" + std::to_string(t)) >= oks[t]);
+}
+
 TEST_CASE_FIXTURE(NodeFixture, "every delivery duplicated 3 times and reordered: each effect is applied once") {
   opts.inline_local = false;  // every message through outbox, relay and the faulty transport
   opts.faults.duplicate = 1.0;

@@ -4,6 +4,7 @@
 // gateway and the admin surface (stats, inspect, parked messages).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -97,9 +98,11 @@ class Node final : public Gateway {
   // Opens the store, recovers outbox rows and timers, starts processing.
   // kInvalidArgument for bad options; kInternal when the store cannot be opened.
   Status start();
-  // Finishes in-flight commits and stops. Idempotent. Other threads must have stopped calling
-  // this node (call and the admin surface) first: a call racing stop() is not guarded; a call
-  // after it is answered `unavailable`.
+  // Finishes in-flight commits and stops. Idempotent. Safe while other threads call this node:
+  // it waits for the calls under way to leave (call() only queues, so that is short), and every
+  // call and admin method after it answers `unavailable` (calls still waiting for a reply get
+  // `unavailable` too, and the client retries). Not from inside this node's own callbacks (a
+  // reply's `done`, a scan's `fn`): it would wait for itself.
   void stop();
 
   using Gateway::call;
@@ -121,7 +124,10 @@ class Node final : public Gateway {
   size_t nodes() const override { return 1; }
 
  private:
+  class Entry;  // one thread inside a call into the engine (node.cc)
   std::unique_ptr<Engine> engine_;
+  mutable std::atomic<int> entered_{0};
+  std::atomic<bool> closed_{false};  // stop() began: no new entry reaches the engine
 };
 
 }  // namespace tandem::entity
