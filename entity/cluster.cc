@@ -323,6 +323,7 @@ Status ClusterNode::start() {
   net_ = env_.make_network_on(*loop_);
   ctl_exec_ = env_.make_executor("tandem-ctl");
   part_exec_ = env_.make_executor("tandem-part");
+  ingest_exec_ = env_.make_executor("tandem-ingest");
   if (config_.meta != "embedded") {
     auto addr = EtcdAddress::parse(config_.meta);
     if (!addr) return addr.status();
@@ -538,6 +539,7 @@ void ClusterNode::stop() {
   if (net_) net_->stop();
   ctl_exec_.reset();
   part_exec_.reset();
+  ingest_exec_.reset();
   if (engine_) engine_->stop();
   if (meta_) meta_->release();
 }
@@ -1092,9 +1094,11 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
   if (method == "ingest" || method == "freeze" || method == "unfreeze" || method == "export" || method == "adopt" ||
       method == "release" || method == "drop" || method == "map-update" || method == "map-reset" || method == "median") {
     if (role != "node") return respond(Status::invalid_argument(method + " is for nodes only"), {});
-    // Ingest too: its chunk is written with an fsync, which on the network's thread (the
-    // engine's too) would hold up every session and transition of this node meanwhile.
-    part_exec_->post([this, method, body = std::move(body), respond = std::move(respond)]() mutable {
+    // Ingest too, on its own thread (see ingest_exec_): its chunk is written with an fsync, which
+    // on the network's thread (the engine's too) would hold up every session and transition of
+    // this node meanwhile.
+    auto& exec = method == "ingest" ? *ingest_exec_ : *part_exec_;
+    exec.post([this, method, body = std::move(body), respond = std::move(respond)]() mutable {
       auto r = handle_partition_request(method, std::move(body));
       respond(r.status(), r ? std::move(*r) : std::string());
     });

@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <tandem/core/bytes.h>
 #include <tandem/core/env.h>
 #include <tandem/core/net.h>
 #include <tandem/messaging/session.h>
@@ -927,6 +928,60 @@ TEST_CASE("etcd metadata: a node waiting at start for etcd stops at once on SIGT
   Cluster c(3, "etcd");
   std::string etcd = "$(cat " + c.dir.sub("c") + "/etcd.pid)";
   sigterm_while_starting(c, "kill -STOP " + etcd, "kill -CONT " + etcd, "waiting for etcd at");
+}
+
+TEST_CASE("two exports in opposite directions between two nodes do not wait on each other") {
+  Cluster c;
+  std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 600 --items 100";
+  require_drive(drive);
+  int from1 = 0, from2 = 0;  // a partition of node 1 and one of node 2
+  for (int p = 1; p <= 9 && !(from1 && from2); ++p) {
+    int o = owner_of(c, p);
+    if (o == 1 && !from1) from1 = p;
+    if (o == 2 && !from2) from2 = p;
+  }
+  REQUIRE((from1 && from2));
+  // As two controllers at once would (a paused one resumed, and its successor): node 1 exports
+  // to node 2 while node 2 exports to node 1. Each export waits for its chunks' ingest at the
+  // other node.
+  auto net = tandem::net::make_real_network();
+  auto session_to = [&](int node) {
+    tandem::messaging::SessionOptions o;
+    o.secret = c.secret();
+    o.role = "node";
+    o.node_id = 3;
+    std::promise<tandem::Result<std::shared_ptr<tandem::messaging::Session>>> p;
+    tandem::messaging::Session::connect(*net, {"127.0.0.1", static_cast<uint16_t>(c.port(node))}, o, {},
+                                        [&](auto r) { p.set_value(r); });
+    auto s = p.get_future().get();
+    REQUIRE_MESSAGE(s.is_ok(), s.status().to_string());
+    return *s;
+  };
+  auto s1 = session_to(1), s2 = session_to(2);
+  auto request = [](const std::shared_ptr<tandem::messaging::Session>& s, const std::string& method, std::string body) {
+    auto p = std::make_shared<std::promise<std::pair<tandem::Status, std::string>>>();
+    s->request(method, std::move(body), [p](tandem::Status st, std::string b) { p->set_value({st, std::move(b)}); });
+    return p->get_future();
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  auto e1 = request(s1, "export", tandem::ByteWriter().varint(from1).varint(2).take());
+  auto e2 = request(s2, "export", tandem::ByteWriter().varint(from2).varint(1).take());
+  REQUIRE(e1.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+  REQUIRE(e2.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
+  double took_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto r1 = e1.get(), r2 = e2.get();
+  CHECK_MESSAGE(r1.first.is_ok(), r1.first.to_string());
+  CHECK_MESSAGE(r2.first.is_ok(), r2.first.to_string());
+  CHECK(std::stoul(r1.second) > 0);  // rows exported
+  CHECK(std::stoul(r2.second) > 0);
+  CHECK_MESSAGE(took_s < 10.0, "the two exports took " << took_s << " s");
+  // The copies are not owned where they landed: drop them, and nothing of the owners changed.
+  CHECK(request(s2, "drop", tandem::ByteWriter().varint(from1).take()).get().first.is_ok());
+  CHECK(request(s1, "drop", tandem::ByteWriter().varint(from2).take()).get().first.is_ok());
+  net->stop();
+  CHECK(owner_of(c, from1) == 1);
+  CHECK(owner_of(c, from2) == 2);
+  check_demo_again(c, drive, "--orders 300 --items 100 --order-prefix after-");
 }
 
 TEST_CASE("backpressure: a stopped node makes the others' outboxes stop at their caps and clients get busy, all drains after") {
