@@ -323,7 +323,7 @@ Status ClusterNode::start() {
   net_ = env_.make_network_on(*loop_);
   ctl_exec_ = env_.make_executor("tandem-ctl");
   part_exec_ = env_.make_executor("tandem-part");
-  ingest_exec_ = env_.make_executor("tandem-ingest");
+  copy_exec_ = env_.make_executor("tandem-copy");
   if (config_.meta != "embedded") {
     auto addr = EtcdAddress::parse(config_.meta);
     if (!addr) return addr.status();
@@ -539,7 +539,7 @@ void ClusterNode::stop() {
   if (net_) net_->stop();
   ctl_exec_.reset();
   part_exec_.reset();
-  ingest_exec_.reset();
+  copy_exec_.reset();
   if (engine_) engine_->stop();
   if (meta_) meta_->release();
 }
@@ -1094,10 +1094,10 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
   if (method == "ingest" || method == "freeze" || method == "unfreeze" || method == "export" || method == "adopt" ||
       method == "release" || method == "drop" || method == "map-update" || method == "map-reset" || method == "median") {
     if (role != "node") return respond(Status::invalid_argument(method + " is for nodes only"), {});
-    // Ingest too, on its own thread (see ingest_exec_): its chunk is written with an fsync, which
+    // Ingest and drop too, on their own thread (see copy_exec_): each writes with an fsync, which
     // on the network's thread (the engine's too) would hold up every session and transition of
     // this node meanwhile.
-    auto& exec = method == "ingest" ? *ingest_exec_ : *part_exec_;
+    auto& exec = method == "ingest" || method == "drop" ? *copy_exec_ : *part_exec_;
     exec.post([this, method, body = std::move(body), respond = std::move(respond)]() mutable {
       auto r = handle_partition_request(method, std::move(body));
       respond(r.status(), r ? std::move(*r) : std::string());

@@ -136,10 +136,11 @@ class ClusterNode {
   void progress(std::string step);
   std::atomic<bool> stopping_{false};
   std::unique_ptr<Executor> part_exec_;       // blocking partition requests from the controller
-  // A move's chunks arriving here. Not on part_exec_: a node's export waits on its partition thread
-  // for each chunk's ingest at the target, so two exports in opposite directions between two
-  // nodes would each wait for an ingest queued behind the other's export.
-  std::unique_ptr<Executor> ingest_exec_;
+  // A move's copy arriving here: its chunks (`ingest`) and the `drop` of a stale or aborted
+  // copy, in the order they arrive. Not on part_exec_: a node's export waits there for each
+  // chunk's ingest at the target, so two exports in opposite directions between two nodes would
+  // each wait for an ingest queued behind the other's export.
+  std::unique_ptr<Executor> copy_exec_;
   std::atomic<uint32_t> controller_{0};
   std::unique_ptr<EtcdMeta> meta_;  // set with `meta etcd://...`
   StoreOpener open_store_ = open_rocks_store;

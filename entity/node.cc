@@ -2,9 +2,6 @@
 
 #include <capnp/serialize.h>
 
-#include <chrono>
-#include <thread>
-
 #include <tandem/core/key_codec.h>
 
 #include "engine.h"
@@ -56,7 +53,7 @@ std::string_view op_status_name(OpStatus s) {
 // ---- Node ----
 
 Node::Node(Env& env, const Registry& registry, NodeOptions opts)
-    : engine_(std::make_unique<Engine>(env, registry, std::move(opts))) {}
+    : env_(env), engine_(std::make_unique<Engine>(env, registry, std::move(opts))) {}
 Node::~Node() { stop(); }
 Status Node::start() { return engine_->start(); }
 
@@ -81,7 +78,7 @@ class Node::Entry {
 
 void Node::stop() {
   closed_ = true;
-  while (entered_.load() > 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  while (entered_.load() > 0) env_.clock().sleep_us(100);
   engine_->stop();
 }
 

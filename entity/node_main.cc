@@ -1,11 +1,11 @@
 #include <tandem/entity/node_main.h>
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <csignal>
 #include <cstdio>
-#include <thread>
 
 #include <tandem/core/etcd.h>
 #include <tandem/core/flags.h>
@@ -94,20 +94,24 @@ int NodeMain::run() {
   opts.max_batch = *max_batch;
   ClusterNode node(*env, registry_, std::move(*config), static_cast<uint32_t>(*id), opts);
   std::atomic<int> signal{0};
-  std::thread signals([&] {
+  auto signalled = env->make_event();
+  auto signals = env->make_executor("tandem-signals");
+  signals->post([&] {
     int sig = 0;
     sigwait(&sigs, &sig);
     signal = sig;
     node.interrupt();
+    signalled->set();
   });
   auto started = node.start();
   if (!started && signal == 0) {
     log::error("cannot start: {}", started.to_string());
-    pthread_kill(signals.native_handle(), SIGTERM);  // ends the signal thread's sigwait
-    signals.join();
+    ::kill(::getpid(), SIGTERM);  // ends the signal task's sigwait: every other thread blocks SIGTERM
+    signals.reset();
     return 1;
   }
-  signals.join();
+  signalled->wait_us(-1);
+  signals.reset();
   log::info("signal {}: stopping{}", signal.load(), started ? "" : " (it had not started: " + started.message() + ")");
   node.stop();
   log::info("stopped");

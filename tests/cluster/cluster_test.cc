@@ -907,7 +907,8 @@ void sigterm_while_starting(Cluster& c, const std::string& hold, const std::stri
   std::string log = read_file(log_path).substr(from);
   INFO(log);
   CHECK(log.find("signal 15: stopping (it had not started: stopped while waiting for") != std::string::npos);
-  CHECK(log.rfind("stopped") > log.rfind("signal 15: stopping"));
+  CHECK(log.find("node 3: stopped\n") != std::string::npos);  // the last line of a clean stop
+  CHECK(log.find("node 3: stopped\n") > log.find("signal 15: stopping"));
   CHECK(log.find("cannot start") == std::string::npos);
   // With its store back and the controller (or etcd) answering, node 3 serves again.
   std::filesystem::remove_all(data);

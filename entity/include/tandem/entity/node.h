@@ -125,6 +125,7 @@ class Node final : public Gateway {
 
  private:
   class Entry;  // one thread inside a call into the engine (node.cc)
+  Env& env_;
   std::unique_ptr<Engine> engine_;
   mutable std::atomic<int> entered_{0};
   std::atomic<bool> closed_{false};  // stop() began: no new entry reaches the engine
