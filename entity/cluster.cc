@@ -267,8 +267,7 @@ Status ClusterNode::load_map() {
           p.set(std::move(body));
         });
       });
-      std::optional<Result<std::string>> answer;
-      for (int waited_ms = 0; !answer && waited_ms < 10'000 && !stopping_; waited_ms += 100) answer = p.wait_us(100'000);
+      auto answer = await(p, 10'000);
       if (!answer && stopping_) break;
       auto r = std::move(answer).value_or(Status::unavailable("the controller did not answer within 10 s"));
       if (r) {
@@ -621,13 +620,17 @@ Result<std::string> ClusterNode::call_node(uint32_t id, const std::string& metho
   // Copying a partition's rows takes time in proportion to its size; every other request is
   // quick, and a node that does not answer it within 10 s is taken as stalled.
   const int limit_ms = method == "export" || method == "ingest" ? 120'000 : 10'000;
-  for (int waited_ms = 0;; waited_ms += 100) {
-    if (auto r = p.wait_us(100'000)) return std::move(*r);
-    if (stopping_) return Status::unavailable("this node is stopping");
-    if (waited_ms >= limit_ms)
-      return Status::unavailable("node " + std::to_string(id) + " did not answer " + method + " within " +
-                                 std::to_string(limit_ms / 1000) + " s");
-  }
+  if (auto r = await(p, limit_ms)) return std::move(*r);
+  if (stopping_) return Status::unavailable("this node is stopping");
+  return Status::unavailable("node " + std::to_string(id) + " did not answer " + method + " within " +
+                             std::to_string(limit_ms / 1000) + " s");
+}
+
+template <class T>
+std::optional<T> ClusterNode::await(const Handoff<T>& h, int limit_ms) const {
+  for (int waited_ms = 0; !stopping_ && waited_ms <= limit_ms; waited_ms += 100)
+    if (auto r = h.wait_us(100'000)) return r;
+  return std::nullopt;
 }
 
 Status ClusterNode::persist_map(const partition::PartitionMap& m) {
@@ -979,9 +982,7 @@ Result<std::string> ClusterNode::add_node(uint32_t id, const std::string& addrs)
     if (s) (*s)->close();
     reached.set(s.status());
   });
-  std::optional<Status> got;
-  for (int waited_ms = 0; !got && !stopping_ && waited_ms < 30'000; waited_ms += 100) got = reached.wait_us(100'000);
-  if (auto st = got.value_or(Status::unavailable(stopping_ ? "this node is stopping" : "no answer within 30 s")); !st)
+  if (auto st = await(reached, 30'000).value_or(Status::unavailable(stopping_ ? "this node is stopping" : "no answer within 30 s")); !st)
     return Status::unavailable("node " + std::to_string(id) + " is not serving at " + addr->to_string() + ": " + st.message());
   TANDEM_TRY(commit_map(*next));
   TANDEM_TRY(adopt_map(*next));

@@ -69,6 +69,10 @@ class ClusterNode {
   // ---- moves and splits ----
   // Blocking request to a node (handled in-process when it is this node).
   Result<std::string> call_node(uint32_t id, const std::string& method, std::string body);
+  // Waits for `h` for up to `limit_ms`, in 100 ms steps so that a stop cuts the wait short:
+  // nullopt when the time ran out or the node is stopping.
+  template <class T>
+  std::optional<T> await(const Handoff<T>& h, int limit_ms) const;
   // Partition requests a node serves (blocking; run on part_exec_ or the caller's thread).
   Result<std::string> handle_partition_request(const std::string& method, std::string body);
   // Controller operations (run on ctl_exec_).

@@ -1,6 +1,5 @@
 #include <tandem/entity/node_main.h>
 
-#include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>

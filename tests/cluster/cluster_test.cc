@@ -256,25 +256,31 @@ TEST_CASE("bad input at a node port (wrong secret, garbage, oversized and trunca
   CHECK(st.code == 0);  // every node still answers
 }
 
-TEST_CASE("an envelope or a call for an entity the node does not own is answered moved") {
-  Cluster c;
-  auto net = tandem::net::make_real_network();
+// A session to `node` that authenticates as cluster node `as` (with the cluster's secret).
+std::shared_ptr<tandem::messaging::Session> node_session(tandem::net::Network& net, Cluster& c, int node, uint32_t as) {
   tandem::messaging::SessionOptions o;
   o.secret = c.secret();
   o.role = "node";
-  o.node_id = 3;
+  o.node_id = as;
   std::promise<tandem::Result<std::shared_ptr<tandem::messaging::Session>>> p;
-  tandem::messaging::Session::connect(*net, {"127.0.0.1", static_cast<uint16_t>(c.port(1))}, o, {},
+  tandem::messaging::Session::connect(net, {"127.0.0.1", static_cast<uint16_t>(c.port(node))}, o, {},
                                       [&](auto r) { p.set_value(r); });
   auto s = p.get_future().get();
   REQUIRE_MESSAGE(s.is_ok(), s.status().to_string());
+  return *s;
+}
+
+TEST_CASE("an envelope or a call for an entity the node does not own is answered moved") {
+  Cluster c;
+  auto net = tandem::net::make_real_network();
+  auto s = node_session(*net, c, 1, 3);
   // Items are range-partitioned: [sku-2, sku-4) belongs to node 2 in the initial map.
   tandem::messaging::Envelope e;
   e.from = {"order", "o-1"};
   e.to = {"item", "sku-3"};
   e.seq = 1;
   std::promise<tandem::Status> acked;
-  (*s)->deliver(e, [&](tandem::Status st) { acked.set_value(st); });
+  s->deliver(e, [&](tandem::Status st) { acked.set_value(st); });
   auto a = acked.get_future().get();
   CHECK(a.code() == tandem::Code::kUnavailable);
   CHECK(a.message().find("moved: item/sku-3 is owned by node 2 at epoch 1") != std::string::npos);
@@ -516,14 +522,7 @@ TEST_CASE("a duplicate of a message applied before a move is not applied again a
   CHECK(moved.text.find("on node 2") != std::string::npos);
   // Re-inject the order's first message (its try, seq 1) at the new owner, as a late duplicate.
   auto net = tandem::net::make_real_network();
-  tandem::messaging::SessionOptions o;
-  o.secret = c.secret();
-  o.node_id = 1;
-  std::promise<tandem::Result<std::shared_ptr<tandem::messaging::Session>>> p;
-  tandem::messaging::Session::connect(*net, {"127.0.0.1", static_cast<uint16_t>(c.port(2))}, o, {},
-                                      [&](auto r) { p.set_value(r); });
-  auto s = p.get_future().get();
-  REQUIRE(s.is_ok());
+  auto s = node_session(*net, c, 2, 1);
   tandem::messaging::Envelope e;
   e.from = {"order", order_key};
   e.to = {"item", "sku-1"};
@@ -534,7 +533,7 @@ TEST_CASE("a duplicate of a message applied before a move is not applied again a
   e.payload = tandem::entity::build<Reserve>([](Reserve::Builder r) { r.setQty(1000); });
   e.deadline_ms = 4'000'000'000'000;
   std::promise<tandem::Status> acked;
-  (*s)->deliver(e, [&](tandem::Status st) { acked.set_value(st); });
+  s->deliver(e, [&](tandem::Status st) { acked.set_value(st); });
   CHECK(acked.get_future().get().is_ok());  // acknowledged as a duplicate
   net->stop();
   auto after = sh(c.ctl + "inspect item sku-1");
@@ -946,19 +945,7 @@ TEST_CASE("two exports in opposite directions between two nodes do not wait on e
   // to node 2 while node 2 exports to node 1. Each export waits for its chunks' ingest at the
   // other node.
   auto net = tandem::net::make_real_network();
-  auto session_to = [&](int node) {
-    tandem::messaging::SessionOptions o;
-    o.secret = c.secret();
-    o.role = "node";
-    o.node_id = 3;
-    std::promise<tandem::Result<std::shared_ptr<tandem::messaging::Session>>> p;
-    tandem::messaging::Session::connect(*net, {"127.0.0.1", static_cast<uint16_t>(c.port(node))}, o, {},
-                                        [&](auto r) { p.set_value(r); });
-    auto s = p.get_future().get();
-    REQUIRE_MESSAGE(s.is_ok(), s.status().to_string());
-    return *s;
-  };
-  auto s1 = session_to(1), s2 = session_to(2);
+  auto s1 = node_session(*net, c, 1, 3), s2 = node_session(*net, c, 2, 3);
   auto request = [](const std::shared_ptr<tandem::messaging::Session>& s, const std::string& method, std::string body) {
     auto p = std::make_shared<std::promise<std::pair<tandem::Status, std::string>>>();
     s->request(method, std::move(body), [p](tandem::Status st, std::string b) { p->set_value({st, std::move(b)}); });
