@@ -733,6 +733,7 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
   }
   auto pid = r.varint();
   if (!pid) return Status::invalid_argument("malformed " + method + " request");
+  if (*pid > UINT32_MAX) return Status::invalid_argument("no partition " + std::to_string(*pid));
   auto ranges = ranges_of({static_cast<uint32_t>(*pid)});
   if (ranges.empty()) return Status::invalid_argument("no partition " + std::to_string(*pid));
   if (method == "freeze") {
@@ -782,7 +783,7 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
   }
   if (method == "export") {
     auto to = r.varint();
-    if (!to) return Status::invalid_argument("malformed export");
+    if (!to || *to > UINT32_MAX) return Status::invalid_argument("malformed export");
     // Stream every row of the partition's ranges to the target in chunks of about 1 MiB.
     uint64_t rows = 0, in_chunk = 0;
     ByteWriter chunk;
@@ -1065,6 +1066,9 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
       auto pid = r.varint();
       auto arg = r.bytes();
       if (!pid || !arg) return respond(Status::invalid_argument("malformed " + method + " request"), {});
+      // Partition and node ids are 32 bits: a larger one names nothing (and must not wrap onto one that exists).
+      if (method != "rebalance" && *pid > UINT32_MAX)
+        return respond(Status::invalid_argument((method == "add-node" ? "no node id " : "no partition ") + std::to_string(*pid)), {});
       Result<std::string> out = Status::ok();
       auto number = [](const std::string& a, uint64_t& v) {
         auto [ptr, ec] = std::from_chars(a.data(), a.data() + a.size(), v);

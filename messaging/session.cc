@@ -163,6 +163,11 @@ void Session::on_frame(const std::string& body) {
         send_frame(to_bytes(mb));
         return;
       }
+      if (client_ && f.isRefused()) {
+        std::string why(f.getRefused().cStr(), f.getRefused().size());
+        return fail(Status::invalid_argument("the node at " + conn_->peer() + " refused the handshake: " + why +
+                                             " (does the config name this cluster's secret file?)"));
+      }
       if (client_ && f.isWelcome()) {
         if (peer_nonce_.empty() || !crypto::equal(str(f.getWelcome()), server_proof(opts_.secret, peer_nonce_, my_nonce_)))
           return fail(Status::invalid_argument("server did not prove the cluster secret"));
@@ -178,6 +183,11 @@ void Session::on_frame(const std::string& body) {
         if (nonce.size() != kNonceBytes || (role != "node" && role != "client" && role != "admin") ||
             !crypto::equal(str(a.getMac()), client_proof(opts_.secret, my_nonce_, nonce, role, a.getNodeId()))) {
           log::warn("rejected connection from {}: wrong cluster secret or malformed handshake", conn_->peer());
+          // Said to the peer before the close, so that a client with the wrong secret stops and
+          // says why instead of retrying a connection that looks lost.
+          capnp::MallocMessageBuilder mb(kFrameWords);
+          mb.initRoot<schema::Frame>().setRefused("wrong cluster secret or malformed handshake");
+          send_frame(to_bytes(mb));
           return fail(Status::invalid_argument("authentication failed"));
         }
         peer_role_ = role;

@@ -56,6 +56,7 @@ struct Frame {
     ack @4 :Ack;            # answer to a deliver
     request @5 :Rpc;        # map fetches, client calls, admin commands
     response @6 :Rpc;
+    refused @7 :Text;       # server -> client: why the handshake failed, just before the server closes
   }
 }
 

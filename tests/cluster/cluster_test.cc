@@ -216,8 +216,36 @@ TEST_CASE("launcher: status, kill, restart and down, and its mistakes") {
   auto twice = c.launcher("up --nodes 3 --binary " + std::string(TANDEM_RESERVATION_BIN) + " --base-port " + std::to_string(c.base));
   CHECK(twice.code != 0);
   CHECK(twice.text.find("already running") != std::string::npos);
+  // A mistyped command line runs nothing.
+  auto extra = c.launcher("down now");
+  CHECK(extra.code == 2);
+  CHECK(extra.text.find("unexpected argument 'now' for down") != std::string::npos);
+  CHECK(c.launcher("status").text.find("stopped") == std::string::npos);
+  auto negative = c.launcher("kill -1");
+  CHECK(negative.code == 2);
+  CHECK(negative.text.find("a node id is a positive number, not '-1'") != std::string::npos);
   CHECK(c.launcher("down").code == 0);
   CHECK(c.launcher("status").text.find("running") == std::string::npos);
+  // `up` checks every option before it replaces the stopped cluster's folder.
+  std::string up = "up --nodes 3 --binary " + std::string(TANDEM_RESERVATION_BIN) + " --base-port " + std::to_string(c.base);
+  auto bogus = c.launcher(up + " --durability bogus");
+  CHECK(bogus.code == 1);
+  CHECK(bogus.text.find("--durability must be strict or relaxed, not 'bogus'") != std::string::npos);
+  auto no_types = c.launcher(up + " --types " + c.dir.sub("no-such-file"));
+  CHECK(no_types.code == 1);
+  CHECK(no_types.text.find("cannot read the types file") != std::string::npos);
+  auto no_value = c.launcher("up --nodes");
+  CHECK(no_value.code == 2);
+  CHECK(no_value.text.find("--nodes needs a value") != std::string::npos);
+  CHECK(std::filesystem::exists(c.dir.sub("c") + "/node1"));
+  CHECK(std::filesystem::exists(c.conf));
+  // A folder that is not a cluster's is left alone.
+  tandem::testing::TempDir other("not-a-cluster");
+  std::ofstream(other.sub("notes.txt")) << "mine";
+  auto foreign = sh("TANDEM_CLUSTER_DIR=" + other.str() + " " + TANDEM_CLUSTER_SCRIPT + " " + up);
+  CHECK(foreign.code == 1);
+  CHECK(foreign.text.find("not a tandem-cluster folder; left untouched") != std::string::npos);
+  CHECK(read_file(other.sub("notes.txt")) == "mine");
 }
 
 TEST_CASE("bad input at a node port (wrong secret, garbage, oversized and truncated frames) leaves the node serving") {
@@ -254,6 +282,16 @@ TEST_CASE("bad input at a node port (wrong secret, garbage, oversized and trunca
   auto st = sh(c.ctl + "status");
   INFO(st.text);
   CHECK(st.code == 0);  // every node still answers
+  // tandemctl with another cluster's secret is told so (not "cannot reach", after retrying).
+  std::ofstream(c.dir.sub("other-secret")) << "0123456789abcdef0123456789abcdef";
+  std::string conf = read_file(c.conf), wrong_conf = c.dir.sub("wrong.conf");
+  auto at = conf.find("secret-file secret");
+  REQUIRE(at != std::string::npos);
+  std::ofstream(wrong_conf) << conf.replace(at, std::string("secret-file secret").size(), "secret-file " + c.dir.sub("other-secret"));
+  auto refused = sh(std::string(TANDEMCTL_BIN) + " --config " + wrong_conf + " status");
+  INFO(refused.text);
+  CHECK(refused.code == 1);
+  CHECK(refused.text.find("refused the handshake: wrong cluster secret") != std::string::npos);
 }
 
 // A session to `node` that authenticates as cluster node `as` (with the cluster's secret).
@@ -445,6 +483,24 @@ TEST_CASE("conflicting or malformed move and split commands are refused and leav
       {"drain-node x", "NODE must be a node id"},
       {"rebalance now", "'rebalance' takes 0 argument(s), got 1"},
   });
+  CHECK(epoch_of(c) == epoch);
+  // Ids travel as 64-bit varints: one beyond 32 bits names no partition, and must not wrap onto
+  // one that exists (2^32 + 8 onto partition 8). tandemctl refuses such ids itself; other
+  // clients on the wire may not.
+  {
+    tandem::entity::Client::Options co;
+    co.config_path = c.conf;
+    co.role = "admin";
+    auto client = tandem::entity::Client::connect(co);
+    REQUIRE(client.is_ok());
+    uint64_t big = (uint64_t{1} << 32) + 8;
+    auto split = (*client)->request(1, "split", tandem::ByteWriter().varint(big).bytes("sku-3").take(), 10'000);
+    CHECK(!split.is_ok());
+    CHECK(split.status().message().find("no partition " + std::to_string(big)) != std::string::npos);
+    auto move = (*client)->request(1, "move", tandem::ByteWriter().varint((uint64_t{1} << 33) + 3).bytes("1").take(), 10'000);
+    CHECK(!move.is_ok());
+    CHECK(move.status().message().find("no partition") != std::string::npos);
+  }
   CHECK(epoch_of(c) == epoch);
   // Two commands at once: the second is refused while the first runs.
   bool conflict_seen = false;

@@ -87,7 +87,9 @@ TEST_CASE("a wrong cluster secret is refused before any frame is handled") {
   Server server("right");
   auto client_net = net::make_real_network();
   auto s = connect(*client_net, server.port, "wrong");
-  CHECK(s.status().code() == Code::kUnavailable);  // the server hung up on us
+  // The server says why before it hangs up: a final error, not a connection to retry.
+  CHECK(s.status().code() == Code::kInvalidArgument);
+  CHECK(s.status().message().find("refused the handshake: wrong cluster secret") != std::string::npos);
   CHECK(server.ready == 0);
   CHECK(server.delivered == 0);
   client_net->stop();
