@@ -1054,14 +1054,25 @@ void ClusterNode::on_request(const std::string& role, const std::string& method,
                                               std::to_string(controller_.load()) + " is)"), {});
     if (ctl_busy_.exchange(true))
       return respond(Status::conflict("another move or split is in progress; nothing changed"), {});
-    ctl_exec_->post([this, method, body = std::move(body), respond = std::move(respond)] {
+    ctl_exec_->post([this, method, body = std::move(body), respond_to_caller = std::move(respond)] {
+      // The command is over before its answer leaves, so a caller may send the next one the
+      // moment it has this one's answer. Only a thaw still owed to a source node (finish_abort)
+      // keeps the controller busy past the answer; the guard ends it then.
       struct Done {
         ClusterNode& node;
-        ~Done() {
+        bool released = false;
+        void release() {
+          if (released) return;
+          released = true;
           node.progress("");
           node.ctl_busy_ = false;
         }
+        ~Done() { release(); }
       } done{*this};
+      auto respond = [&](const Status& s, std::string reply) {
+        if (!unfreeze_pending_) done.release();
+        respond_to_caller(s, std::move(reply));
+      };
       ByteReader r(body);
       auto pid = r.varint();
       auto arg = r.bytes();

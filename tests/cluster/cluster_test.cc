@@ -500,6 +500,15 @@ TEST_CASE("conflicting or malformed move and split commands are refused and leav
     auto move = (*client)->request(1, "move", tandem::ByteWriter().varint((uint64_t{1} << 33) + 3).bytes("1").take(), 10'000);
     CHECK(!move.is_ok());
     CHECK(move.status().message().find("no partition") != std::string::npos);
+    // A caller that has the answer may send the next command at once: the controller is not
+    // still busy with the one it answered.
+    int in_progress = 0;
+    for (int i = 0; i < 50; ++i) {
+      auto again = (*client)->request(1, "split", tandem::ByteWriter().varint(big).bytes("sku-3").take(), 10'000);
+      CHECK(!again.is_ok());
+      if (again.status().message().find("in progress") != std::string::npos) ++in_progress;
+    }
+    CHECK(in_progress == 0);
   }
   CHECK(epoch_of(c) == epoch);
   // Two commands at once: the second is refused while the first runs.
