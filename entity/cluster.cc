@@ -1304,6 +1304,9 @@ std::string ClusterNode::metrics_text() {
   metric("tandem_calls_pending", "gauge", "Client calls waiting for a reply.", static_cast<double>(s.inflight_calls));
   metric("tandem_busy_refusals_total", "counter", "Calls and deliveries refused at a backpressure cap.",
          static_cast<double>(s.busy));
+  metric("tandem_connections_refused_total", "counter",
+         "Connections closed before they authenticated (wrong secret, malformed handshake, timeout).",
+         static_cast<double>(messaging::Session::closed_before_auth()));
   // One histogram over the stages of a message (NodeStats::stages), in seconds; the buckets are
   // microseconds up to each power of two (2^k - 1).
   out << "# HELP tandem_stage_seconds Where a message's time goes: queue, durable, commit, handoff, relay.\n"
@@ -1325,27 +1328,50 @@ std::string ClusterNode::metrics_text() {
 }
 
 void ClusterNode::serve_metrics(std::shared_ptr<net::Connection> c) {
+  // Anyone on the host can open this port: at most kMaxMetricsConnections at once, and a
+  // request must arrive whole within kMetricsReadMs, or the connection is closed.
+  constexpr int kMaxMetricsConnections = 32;
+  constexpr int64_t kMetricsReadMs = 5'000;
+  if (metrics_conns_.fetch_add(1) >= kMaxMetricsConnections) {
+    metrics_conns_.fetch_sub(1);
+    return c->close();
+  }
   auto buf = std::make_shared<std::string>();
+  auto answered = std::make_shared<bool>(false);
   std::weak_ptr<net::Connection> weak = c;
+  net_->after(kMetricsReadMs, [weak] {
+    if (auto conn = weak.lock()) conn->close();
+  });
   c->start(
-      [this, buf, weak](std::string_view bytes) {
+      [this, buf, answered, weak](std::string_view bytes) {
         auto conn = weak.lock();
-        if (!conn) return;
+        if (!conn || *answered) return;
         buf->append(bytes);
         if (buf->size() > 8192) return conn->close();
         if (buf->find("\r\n\r\n") == std::string::npos) return;
-        std::string body, status = "200 OK";
-        if (buf->rfind("GET /metrics", 0) == 0) {
-          body = metrics_text();
-        } else {
+        // Request line: METHOD SP TARGET SP VERSION.
+        std::string line = buf->substr(0, buf->find("\r\n"));
+        auto sp1 = line.find(' '), sp2 = line.rfind(' ');
+        std::string method = line.substr(0, sp1);
+        std::string target = sp1 == std::string::npos || sp2 <= sp1 ? "" : line.substr(sp1 + 1, sp2 - sp1 - 1);
+        std::string path = target.substr(0, target.find('?'));
+        std::string body, status = "200 OK", extra;
+        if (path != "/metrics") {
           status = "404 Not Found";
           body = "try GET /metrics\n";
+        } else if (method != "GET") {
+          status = "405 Method Not Allowed";
+          extra = "Allow: GET\r\n";
+          body = "only GET /metrics\n";
+        } else {
+          body = metrics_text();
         }
+        *answered = true;
         conn->send("HTTP/1.0 " + status + "\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: " +
-                   std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
+                   std::to_string(body.size()) + "\r\n" + extra + "Connection: close\r\n\r\n" + body);
         conn->close();
       },
-      [c](Status) {});
+      [this, c](Status) { metrics_conns_.fetch_sub(1); });
 }
 
 }  // namespace tandem::entity

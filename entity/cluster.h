@@ -135,6 +135,7 @@ class ClusterNode {
   void thaw_orphans(uint32_t controller);
   std::unique_ptr<Executor> ctl_exec_;        // controller operations, one at a time
   std::atomic<bool> ctl_busy_{false};         // a move or split is running
+  std::atomic<int> metrics_conns_{0};         // open connections to the metrics port
   std::mutex progress_mu_;
   std::string progress_;                      // under progress_mu_: the running operation's step
   void progress(std::string step);

@@ -4,6 +4,8 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include <atomic>
+
 #include <tandem/core/crypto.h>
 #include <tandem/core/log.h>
 
@@ -37,6 +39,8 @@ std::string client_proof(const std::string& secret, const std::string& server_no
   return crypto::hmac_sha256(secret, "tandem/1 client|" + server_nonce + "|" + client_nonce + "|" + role + "|" +
                                          std::to_string(node));
 }
+
+std::atomic<uint64_t> g_closed_before_auth{0};
 
 std::string server_proof(const std::string& secret, const std::string& server_nonce, const std::string& client_nonce) {
   return crypto::hmac_sha256(secret, "tandem/1 server|" + client_nonce + "|" + server_nonce);
@@ -86,6 +90,8 @@ std::optional<std::string> Session::FrameReader::next() {
 
 // ---- session ----
 
+uint64_t Session::closed_before_auth() { return g_closed_before_auth.load(std::memory_order_relaxed); }
+
 Session::Session(net::Network& net, std::shared_ptr<net::Connection> conn, SessionOptions opts, bool client)
     : net_(net), conn_(std::move(conn)), opts_(std::move(opts)), client_(client) {}
 
@@ -123,7 +129,9 @@ void Session::start(std::function<void(Result<std::shared_ptr<Session>>)> client
   std::weak_ptr<Session> weak = self;
   net_.after(opts_.handshake_timeout_ms, [weak] {
     if (auto s = weak.lock(); s && s->phase_ == Phase::kHandshake)
-      s->fail(Status::unavailable("handshake timed out"));
+      s->fail(Status::unavailable("handshake timed out" + (s->reader_.partial() ? " with " + std::to_string(s->reader_.partial()) +
+                                                                                      " bytes of an unfinished frame"
+                                                                                : std::string())));
   });
 }
 
@@ -182,13 +190,12 @@ void Session::on_frame(const std::string& body) {
         std::string nonce = str(a.getNonce());
         if (nonce.size() != kNonceBytes || (role != "node" && role != "client" && role != "admin") ||
             !crypto::equal(str(a.getMac()), client_proof(opts_.secret, my_nonce_, nonce, role, a.getNodeId()))) {
-          log::warn("rejected connection from {}: wrong cluster secret or malformed handshake", conn_->peer());
           // Said to the peer before the close, so that a client with the wrong secret stops and
           // says why instead of retrying a connection that looks lost.
           capnp::MallocMessageBuilder mb(kFrameWords);
           mb.initRoot<schema::Frame>().setRefused("wrong cluster secret or malformed handshake");
           send_frame(to_bytes(mb));
-          return fail(Status::invalid_argument("authentication failed"));
+          return fail(Status::invalid_argument("wrong cluster secret or malformed handshake"));
         }
         peer_role_ = role;
         peer_node_ = a.getNodeId();
@@ -200,7 +207,6 @@ void Session::on_frame(const std::string& body) {
         if (auto ready = std::move(server_ready_)) handlers_ = ready(shared_from_this());
         return;
       }
-      log::warn("closing connection from {}: frame before authentication", conn_->peer());
       return fail(Status::invalid_argument("unexpected frame before authentication"));
     }
     switch (f.which()) {
@@ -275,7 +281,9 @@ void Session::on_frame(const std::string& body) {
         return fail(Status::invalid_argument("unexpected frame after authentication"));
     }
   } catch (const kj::Exception& e) {
-    log::warn("closing connection from {}: malformed frame: {}", conn_->peer(), e.getDescription().cStr());
+    // Before authentication the close is logged (throttled) by fail().
+    if (phase_ == Phase::kReady)
+      log::warn("closing connection from {}: malformed frame: {}", conn_->peer(), e.getDescription().cStr());
     fail(Status::invalid_argument(std::string("malformed frame: ") + e.getDescription().cStr()));
   }
 }
@@ -336,6 +344,15 @@ void Session::fail(Status why) {
   Status gone = Status::unavailable("connection to " + conn_->peer() + " lost: " + why.message());
   for (auto& [id, fn] : acks) fn(gone);
   for (auto& [id, fn] : calls) fn(gone, {});
+  if (was == Phase::kHandshake && !client_) {
+    // Anyone who can reach the port can cause this line: every such close is counted, but
+    // only so many are written.
+    g_closed_before_auth.fetch_add(1, std::memory_order_relaxed);
+    static log::Throttle throttle(20, 10'000);
+    if (int64_t unlogged = throttle.admit(); unlogged >= 0)
+      log::warn("closed connection from {} before authentication: {}{}", conn_->peer(), why.message(),
+                unlogged ? " (and " + std::to_string(unlogged) + " more such closes not logged)" : std::string());
+  }
   if (was == Phase::kHandshake) {
     if (auto done = std::move(client_done_)) done(why.code() == Code::kInvalidArgument ? why : gone);
     return;

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
@@ -248,6 +249,40 @@ TEST_CASE("launcher: status, kill, restart and down, and its mistakes") {
   CHECK(read_file(other.sub("notes.txt")) == "mine");
 }
 
+// A raw TCP connection: sends `bytes`, collects what comes back until the other side closes.
+struct RawConn {
+  std::mutex mu;
+  std::string got;
+  std::promise<tandem::Status> closed;
+  std::future<tandem::Status> done = closed.get_future();
+  std::string received() {
+    std::lock_guard l(mu);
+    return got;
+  }
+  bool closed_within(int ms) { return done.wait_for(std::chrono::milliseconds(ms)) == std::future_status::ready; }
+};
+
+std::shared_ptr<RawConn> raw_send(tandem::net::Network& net, int port, std::string bytes) {
+  auto rc = std::make_shared<RawConn>();
+  net.connect({"127.0.0.1", static_cast<uint16_t>(port)}, [rc, bytes](tandem::Result<std::shared_ptr<tandem::net::Connection>> conn) {
+    if (!conn) return rc->closed.set_value(conn.status());
+    (*conn)->start(
+        [rc](std::string_view b) {
+          std::lock_guard l(rc->mu);
+          rc->got.append(b);
+        },
+        [rc](tandem::Status s) { rc->closed.set_value(s); });
+    if (!bytes.empty()) (*conn)->send(bytes);
+  });
+  return rc;
+}
+
+size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
 TEST_CASE("bad input at a node port (wrong secret, garbage, oversized and truncated frames) leaves the node serving") {
   Cluster c;
   auto net = tandem::net::make_real_network();
@@ -276,9 +311,53 @@ TEST_CASE("bad input at a node port (wrong secret, garbage, oversized and trunca
     INFO(c.launcher("status").text);
     CHECK(how.message().rfind("connect ", 0) != 0);  // it connected (no "connect HOST: ..." failure); the node hung up
   }
-  net->stop();
+  // Each close before authentication is logged with its reason...
   auto log = read_file(c.dir.sub("c") + "/node-1.log");
-  CHECK(log.find("wrong cluster secret") != std::string::npos);
+  INFO(log.substr(log.size() > 6000 ? log.size() - 6000 : 0));
+  CHECK(log.find("before authentication: wrong cluster secret") != std::string::npos);
+  CHECK(log.find("before authentication: frame of 2147483647 bytes exceeds the limit") != std::string::npos);
+  CHECK(log.find("before authentication: handshake timed out with 4 bytes of an unfinished frame") != std::string::npos);
+  // ...but a flood of them cannot flood the log: 300 more write at most a few dozen lines,
+  // and the metric counts them all.
+  size_t lines_before = count_of(log, "before authentication");
+  std::vector<std::shared_ptr<RawConn>> flood;
+  for (int i = 0; i < 300; ++i) flood.push_back(raw_send(*net, c.port(1), std::string("\x7F\xFF\xFF\xFF", 4)));
+  for (auto& f : flood) CHECK(f->closed_within(10'000));
+  auto metric_of = [&](const std::string& name) {
+    auto m = sh("curl -s --max-time 5 http://127.0.0.1:" + std::to_string(c.base + 101) + "/metrics");
+    auto at = m.text.find(name + "{");
+    if (at == std::string::npos) return -1.0;
+    return std::stod(m.text.substr(m.text.find("} ", at) + 2));
+  };
+  CHECK(metric_of("tandem_connections_refused_total") >= 305);
+  log = read_file(c.dir.sub("c") + "/node-1.log");
+  size_t lines_flood = count_of(log, "before authentication") - lines_before;
+  CHECK(lines_flood <= 45);
+  CHECK(lines_flood >= 1);
+  // The metrics port: exact path, GET only, a read timeout and a cap on open connections.
+  int mport = c.base + 101;
+  auto answer = [&](const std::string& req) {
+    auto rc = raw_send(*net, mport, req);
+    CHECK(rc->closed_within(10'000));
+    auto got = rc->received();
+    return got.substr(0, got.find("\r\n"));
+  };
+  CHECK(answer("GET /metrics HTTP/1.0\r\n\r\n") == "HTTP/1.0 200 OK");
+  CHECK(answer("GET /metrics?name[]=x HTTP/1.0\r\n\r\n") == "HTTP/1.0 200 OK");
+  CHECK(answer("GET /metricsX HTTP/1.0\r\n\r\n") == "HTTP/1.0 404 Not Found");
+  CHECK(answer("POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n") == "HTTP/1.0 405 Method Not Allowed");
+  CHECK(answer("garbage\r\n\r\n") == "HTTP/1.0 404 Not Found");
+  std::vector<std::shared_ptr<RawConn>> idle;
+  for (int i = 0; i < 40; ++i) idle.push_back(raw_send(*net, mport, "GET /metr"));  // never finished
+  std::this_thread::sleep_for(std::chrono::seconds(2));                            // the read timeout is 5 s
+  int closed_early = 0;
+  for (auto& i : idle) closed_early += i->closed_within(0) ? 1 : 0;
+  CHECK(closed_early >= 8);  // past the cap of 32: closed at once
+  CHECK(closed_early < 40);
+  for (auto& i : idle) CHECK(i->closed_within(15'000));  // the rest at the read timeout
+  for (auto& i : idle) CHECK(i->received().empty());
+  CHECK(answer("GET /metrics HTTP/1.0\r\n\r\n") == "HTTP/1.0 200 OK");
+  net->stop();
   auto st = sh(c.ctl + "status");
   INFO(st.text);
   CHECK(st.code == 0);  // every node still answers

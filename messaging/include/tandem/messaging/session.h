@@ -71,6 +71,8 @@ class Session : public std::enable_shared_from_this<Session> {
     Status feed(std::string_view bytes);
     // The next complete frame's body, if any.
     std::optional<std::string> next();
+    // Bytes received that make no whole frame yet.
+    size_t partial() const { return buf_.size() - pos_; }
 
    private:
     size_t max_;
@@ -78,6 +80,9 @@ class Session : public std::enable_shared_from_this<Session> {
     size_t pos_ = 0;
   };
   static std::string frame(std::string_view body);
+  // Connections this process accepted and closed before they authenticated (wrong secret,
+  // garbage, a timeout), logged or not.
+  static uint64_t closed_before_auth();
 
   Session(net::Network& net, std::shared_ptr<net::Connection> conn, SessionOptions opts, bool client);
   ~Session();
