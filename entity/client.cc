@@ -82,6 +82,7 @@ struct Client::Impl {
     messaging::SessionOptions o;
     o.secret = secret;
     o.role = opts.role;
+    o.expect_node = id;
     Session::connect(*net, addr, o, {}, [this, id](Result<std::shared_ptr<Session>> r) {
       std::vector<std::function<void(Result<std::shared_ptr<Session>>)>> waiting;
       {

@@ -151,6 +151,7 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
     o.secret = node_.secret_;
     o.role = "node";
     o.node_id = node_.self_.id;
+    o.expect_node = id;
     messaging::SessionHandlers h = node_.session_handlers("node");
     h.on_close = [this, id](Status s) {
       log::warn("node {}: connection to node {} closed: {}", node_.self_.id, id, s.message());
@@ -258,6 +259,7 @@ Status ClusterNode::load_map() {
       o.secret = secret_;
       o.role = "node";
       o.node_id = self_.id;
+      o.expect_node = controller;
       Session::connect(*net_, c->addr, o, {}, [p](Result<std::shared_ptr<Session>> s) {
         if (!s) return p.set(s.status());
         auto session = *s;
@@ -978,6 +980,7 @@ Result<std::string> ClusterNode::add_node(uint32_t id, const std::string& addrs)
   o.secret = secret_;
   o.role = "node";
   o.node_id = self_.id;
+  o.expect_node = id;  // and be the node it is added as
   Handoff<Status> reached(env_);
   Session::connect(*net_, *addr, o, {}, [reached](Result<std::shared_ptr<Session>> s) {
     if (s) (*s)->close();

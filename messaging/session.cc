@@ -42,8 +42,9 @@ std::string client_proof(const std::string& secret, const std::string& server_no
 
 std::atomic<uint64_t> g_closed_before_auth{0};
 
-std::string server_proof(const std::string& secret, const std::string& server_nonce, const std::string& client_nonce) {
-  return crypto::hmac_sha256(secret, "tandem/1 server|" + client_nonce + "|" + server_nonce);
+std::string server_proof(const std::string& secret, const std::string& server_nonce, const std::string& client_nonce,
+                         uint32_t node) {
+  return crypto::hmac_sha256(secret, "tandem/1 server|" + client_nonce + "|" + server_nonce + "|" + std::to_string(node));
 }
 
 }  // namespace
@@ -123,7 +124,9 @@ void Session::start(std::function<void(Result<std::shared_ptr<Session>>)> client
   if (!client_) {
     my_nonce_ = crypto::random_bytes(kNonceBytes);
     capnp::MallocMessageBuilder mb(kFrameWords);
-    mb.initRoot<schema::Frame>().setChallenge(as_data(my_nonce_));
+    auto f = mb.initRoot<schema::Frame>();
+    f.setChallenge(as_data(my_nonce_));
+    f.setNode(opts_.node_id);
     send_frame(to_bytes(mb));
   }
   std::weak_ptr<Session> weak = self;
@@ -161,6 +164,11 @@ void Session::on_frame(const std::string& body) {
     if (phase_ == Phase::kHandshake) {
       if (client_ && f.isChallenge()) {
         peer_nonce_ = str(f.getChallenge());
+        peer_node_ = f.getNode();
+        if (opts_.expect_node != 0 && peer_node_ != opts_.expect_node)
+          return fail(Status::invalid_argument("the node at " + conn_->peer() + " is node " + std::to_string(peer_node_) +
+                                               ", not node " + std::to_string(opts_.expect_node) +
+                                               " as the config says (is the config out of date?)"));
         my_nonce_ = crypto::random_bytes(kNonceBytes);
         capnp::MallocMessageBuilder mb(kFrameWords);
         auto a = mb.initRoot<schema::Frame>().initAuth();
@@ -177,7 +185,7 @@ void Session::on_frame(const std::string& body) {
                                              " (does the config name this cluster's secret file?)"));
       }
       if (client_ && f.isWelcome()) {
-        if (peer_nonce_.empty() || !crypto::equal(str(f.getWelcome()), server_proof(opts_.secret, peer_nonce_, my_nonce_)))
+        if (peer_nonce_.empty() || !crypto::equal(str(f.getWelcome()), server_proof(opts_.secret, peer_nonce_, my_nonce_, peer_node_)))
           return fail(Status::invalid_argument("server did not prove the cluster secret"));
         phase_ = Phase::kReady;
         reader_.set_max(kMaxFrameBytes);
@@ -200,7 +208,7 @@ void Session::on_frame(const std::string& body) {
         peer_role_ = role;
         peer_node_ = a.getNodeId();
         capnp::MallocMessageBuilder mb(kFrameWords);
-        mb.initRoot<schema::Frame>().setWelcome(as_data(server_proof(opts_.secret, my_nonce_, nonce)));
+        mb.initRoot<schema::Frame>().setWelcome(as_data(server_proof(opts_.secret, my_nonce_, nonce, opts_.node_id)));
         send_frame(to_bytes(mb));
         phase_ = Phase::kReady;
         reader_.set_max(kMaxFrameBytes);

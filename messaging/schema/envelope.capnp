@@ -58,6 +58,7 @@ struct Frame {
     response @6 :Rpc;
     refused @7 :Text;       # server -> client: why the handshake failed, just before the server closes
   }
+  node @8 :UInt32;          # on a challenge: the server's node id (0: not a cluster node); the welcome's proof covers it
 }
 
 struct Auth {

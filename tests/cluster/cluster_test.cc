@@ -371,6 +371,20 @@ TEST_CASE("bad input at a node port (wrong secret, garbage, oversized and trunca
   INFO(refused.text);
   CHECK(refused.code == 1);
   CHECK(refused.text.find("refused the handshake: wrong cluster secret") != std::string::npos);
+  // A config that names node 2's address as node 1's: tandemctl says so instead of showing
+  // node 2 as node 1.
+  std::string swapped = read_file(c.conf), swapped_conf = c.dir.sub("c") + "/swapped.conf";  // beside the secret file it names
+  auto line1 = swapped.find("node 1 127.0.0.1:" + std::to_string(c.port(1)) + " ");
+  REQUIRE(line1 != std::string::npos);
+  swapped.replace(line1, ("node 1 127.0.0.1:" + std::to_string(c.port(1))).size(), "node 1 127.0.0.1:" + std::to_string(c.port(2)));
+  std::ofstream(swapped_conf) << swapped;
+  for (std::string cmd : {"status", "--node 1 status"}) {
+    CAPTURE(cmd);
+    auto wrong_node = sh(std::string(TANDEMCTL_BIN) + " --config " + swapped_conf + " " + cmd);
+    INFO(wrong_node.text);
+    CHECK(wrong_node.code != 0);
+    CHECK(wrong_node.text.find("is node 2, not node 1 as the config says") != std::string::npos);
+  }
 }
 
 // A session to `node` that authenticates as cluster node `as` (with the cluster's secret).

@@ -24,7 +24,10 @@ inline constexpr size_t kMaxHandshakeFrameBytes = 1024;
 struct SessionOptions {
   std::string secret;
   std::string role = "node";  // what this side is: "node", "client" or "admin"
-  uint32_t node_id = 0;
+  uint32_t node_id = 0;  // this side's node id (0: not a cluster node); a server says it in its challenge
+  // Client: the node the config names at the address. A server that is another node is refused
+  // (a config that is out of date or wrong must not send one node's traffic to another).
+  uint32_t expect_node = 0;
   int64_t handshake_timeout_ms = 5'000;
 };
 
@@ -56,7 +59,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void request(const std::string& method, std::string body, std::function<void(Status, std::string)> done);
   void close();
   bool closed() const { return closed_; }
-  // What the peer authenticated as.
+  // What the peer authenticated as (on a client: the node id the server named).
   const std::string& peer_role() const { return peer_role_; }
   uint32_t peer_node() const { return peer_node_; }
   std::string peer_address() const { return conn_->peer(); }
