@@ -1,5 +1,7 @@
 #include "cluster.h"
 
+#include <charconv>
+#include <set>
 #include <sstream>
 #include <unordered_map>
 
@@ -7,7 +9,6 @@
 #include <tandem/core/crash_point.h>
 #include <tandem/core/sometimes.h>
 #include <tandem/core/crypto.h>
-#include <charconv>
 #include <tandem/core/key_codec.h>
 #include <tandem/core/log.h>
 
@@ -998,18 +999,30 @@ Result<std::string> ClusterNode::add_node(uint32_t id, const std::string& addrs)
 }
 
 Result<std::string> ClusterNode::rebalance(bool dry_run) {
+  // A node that does not answer can give no partition and take none: plan without it.
+  std::set<uint32_t> down;
+  std::string left_out;
+  for (auto& n : map_copy().nodes) {
+    if (n.id == self_.id) continue;
+    if (auto r = call_node(n.id, "status", ""); !r) {
+      down.insert(n.id);
+      left_out += "node " + std::to_string(n.id) + " left out (it did not answer: " + r.status().message() + ")\n";
+    }
+  }
   std::vector<std::pair<uint32_t, uint32_t>> plan;
   {
     std::lock_guard lock(map_mu_);
-    plan = map_.rebalance_plan();
+    plan = map_.rebalance_plan(down);
   }
-  if (plan.empty()) return std::string("balanced: nothing to move");
+  if (plan.empty()) return left_out + "balanced: nothing to move";
   if (dry_run) {
-    std::string out = "plan (" + std::to_string(plan.size()) + " moves, not executed):\n";
+    std::string out = left_out + "plan (" + std::to_string(plan.size()) + " moves, not executed):\n";
     for (auto& [pid, to] : plan) out += "  move partition " + std::to_string(pid) + " to node " + std::to_string(to) + "\n";
     return out;
   }
-  return run_plan(plan);
+  auto done = run_plan(plan);
+  if (!done) return done;
+  return left_out + *done;
 }
 
 bool ClusterNode::owns(const EntityRef& ref) const {

@@ -190,11 +190,13 @@ Result<PartitionMap> PartitionMap::with_merge(uint32_t a_id, uint32_t b_id) cons
   return m;
 }
 
-std::vector<std::pair<uint32_t, uint32_t>> PartitionMap::rebalance_plan() const {
+std::vector<std::pair<uint32_t, uint32_t>> PartitionMap::rebalance_plan(const std::set<uint32_t>& down) const {
   std::vector<std::pair<uint32_t, uint32_t>> plan;
-  std::map<uint32_t, std::vector<uint32_t>> by_node;  // node -> partitions
-  for (auto& n : nodes) by_node[n.id];
-  for (auto& p : partitions) by_node[p.owner].push_back(p.id);
+  std::map<uint32_t, std::vector<uint32_t>> by_node;  // node -> partitions, of the nodes that answer
+  for (auto& n : nodes)
+    if (!down.count(n.id)) by_node[n.id];
+  for (auto& p : partitions)
+    if (!down.count(p.owner)) by_node[p.owner].push_back(p.id);
   auto least = [&]() -> uint32_t {
     uint32_t best = 0;
     size_t count = SIZE_MAX;

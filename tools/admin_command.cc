@@ -1,7 +1,9 @@
 #include "admin_command.h"
 
 #include <charconv>
+#include <cstdlib>
 #include <map>
+#include <string_view>
 
 #include <tandem/core/bytes.h>
 #include <tandem/core/flags.h>
@@ -26,7 +28,9 @@ const char* const kUsage =
     "  rebalance [--dry-run] even out partitions over the nodes, one move at a time\n"
     "  drain-node NODE     move every partition off a node; no partition moves to it afterwards\n"
     "  add-node NODE ADDRESS ADMIN_ADDRESS  add a running node (started with a config that lists it)\n"
-    "  --config defaults to .tandem/cluster/cluster.conf; --node limits status, stages and parked to one node.\n";
+    "  help, -h, --help    this text\n"
+    "  --config defaults to $TANDEM_CLUSTER_DIR/cluster.conf, else .tandem/cluster/cluster.conf; --node limits\n"
+    "  status, stages and parked to one node; --json prints JSON (errors too: {\"error\": ...}).\n";
 
 namespace {
 
@@ -45,17 +49,24 @@ const char* const kNodeId = "NODE must be a node id";
 }  // namespace
 
 Result<Command> parse_command(int argc, char** argv) {
+  Command c;
+  for (int i = 1; i < argc; ++i)
+    if (std::string_view(argv[i]) == "-h") {
+      c.help = true;
+      return c;
+    }
   auto f = Flags::parse(argc, argv, 1, {"config", "node"}, {"json", "help", "dry-run"});
   if (!f) return f.status();
-  Command c;
-  if (f->has("help")) {
+  auto& pos = f->positional();
+  if (f->has("help") || (!pos.empty() && pos[0] == "help")) {
     c.help = true;
     return c;
   }
-  auto& pos = f->positional();
   if (pos.empty()) return Status::invalid_argument("missing command");
   c.name = pos[0];
   c.args.assign(pos.begin() + 1, pos.end());
+  // Beside a cluster that `tandem-cluster up` started in $TANDEM_CLUSTER_DIR, as that script does.
+  if (const char* dir = std::getenv("TANDEM_CLUSTER_DIR"); dir && *dir) c.config = std::string(dir) + "/cluster.conf";
   c.config = f->str("config", c.config);
   if (c.config.empty()) return Status::invalid_argument("--config needs a file name");
   c.json = f->has("json");
@@ -91,6 +102,8 @@ Result<Command> parse_command(int argc, char** argv) {
     auto pid = parse_id(a[0], kPartitionId);
     if (!pid) return pid.status();
     std::string arg = a.size() > 1 ? a[1] : "";
+    if (c.name == "split" && a.size() > 1 && arg.empty())
+      return Status::invalid_argument("the split point is empty: give a slot or a key, or leave it out for the middle");
     if (c.name == "merge") {
       if (auto other = parse_id(arg, "PARTITION must be a partition id"); !other) return other.status();
     } else if (c.name == "move") {

@@ -51,18 +51,31 @@ std::vector<std::pair<std::string, std::string>> kv_lines(const std::string& tex
   return out;
 }
 
+bool g_json = false;  // --json: errors are JSON on stdout too, for scripts
+
+// Says what went wrong (stderr; with --json also {"error": ...} on stdout) and gives exit code 1.
+int fail(const std::string& what) {
+  std::fprintf(stderr, "tandemctl: %s\n", what.c_str());
+  if (g_json) std::printf("{\"error\":\"%s\"}\n", json_escape(what).c_str());
+  return 1;
+}
+
 std::string printable(const std::string& s) { return tandem::EntityRef{"", s}.to_string().substr(1); }
 
 // Asks each of `nodes` (`ask(id)` gives a Result); a node that does not answer is named on
-// stderr and counted (the return value), the others' answers go to `use(id, answer)`.
+// stderr (with --json, as an element {"node": N, "error": ...} of the array being printed,
+// `first` saying whether it is the first) and counted (the return value), the others' answers
+// go to `use(id, answer)`.
 template <class Ask, class Use>
-int each_node(const std::vector<uint32_t>& nodes, Ask ask, Use use) {
+int each_node(const std::vector<uint32_t>& nodes, bool& first, Ask ask, Use use) {
   int failed = 0;
   for (auto id : nodes) {
     auto r = ask(id);
     if (!r) {
       ++failed;
       std::fprintf(stderr, "tandemctl: node %u: %s\n", id, r.status().message().c_str());
+      if (g_json) std::printf("%s{\"node\":%u,\"error\":\"%s\"}", first ? "" : ",", id, json_escape(r.status().message()).c_str());
+      first = false;
       continue;
     }
     use(id, *r);
@@ -77,10 +90,7 @@ int to_controller(tandem::entity::Client& c, const tandem::admin::Command& cmd) 
   std::string body = cmd.body;
   bool json = cmd.json;
   auto controller = c.controller();
-  if (!controller) {
-    std::fprintf(stderr, "tandemctl: no controller answered (%s); nothing changed\n", controller.status().message().c_str());
-    return 1;
-  }
+  if (!controller) return fail("no controller answered (" + controller.status().message() + "); nothing changed");
   // Runs the command while showing the controller's progress (on stderr) as it changes.
   auto pending = std::async(std::launch::async, [&c, ctl = *controller, method, body = std::move(body)]() mutable {
     return c.request(ctl, method, std::move(body), 600'000);
@@ -94,10 +104,7 @@ int to_controller(tandem::entity::Client& c, const tandem::admin::Command& cmd) 
     }
   }
   auto r = pending.get();
-  if (!r) {
-    std::fprintf(stderr, "tandemctl: %s\n", r.status().message().c_str());
-    return 1;
-  }
+  if (!r) return fail(r.status().message());
   if (json) std::printf("{\"ok\":true,\"message\":\"%s\"}\n", json_escape(*r).c_str());
   else std::printf("%s\n", r->c_str());
   return 0;
@@ -117,26 +124,20 @@ int main(int argc, char** argv) {
   const std::string& cmd = command.name;
   const std::vector<std::string>& args = command.args;
   bool json = command.json;
+  g_json = json;
 
   tandem::entity::Client::Options o;
   o.config_path = command.config;
   o.role = "admin";
   o.connect_timeout_ms = 3'000;  // an admin wants a prompt answer when the cluster is down
   auto client = tandem::entity::Client::connect(o);
-  if (!client) {
-    std::fprintf(stderr, "tandemctl: cannot reach the cluster (%s): %s\n", o.config_path.c_str(),
-                 client.status().to_string().c_str());
-    return 1;
-  }
+  if (!client) return fail("cannot reach the cluster (" + o.config_path + "): " + client.status().to_string());
   auto& c = **client;
   std::vector<uint32_t> nodes = c.node_ids();
   if (command.node) {
     bool known = false;
     for (auto id : nodes) known |= id == command.node;
-    if (!known) {
-      std::fprintf(stderr, "tandemctl: no node %u in %s\n", command.node, o.config_path.c_str());
-      return 1;
-    }
+    if (!known) return fail("no node " + std::to_string(command.node) + " in " + o.config_path);
     nodes = {command.node};
   }
 
@@ -176,7 +177,7 @@ int main(int argc, char** argv) {
     if (json) std::printf("[");
     else std::printf("%-5s %-8s %12s %10s %10s %10s %12s\n", "node", "stage", "count", "p50_us", "p90_us", "p99_us", "mean_us");
     bool first = true;
-    int failed = each_node(nodes, [&](uint32_t id) { return c.stages(id); }, [&](uint32_t id, const auto& stages) {
+    int failed = each_node(nodes, first, [&](uint32_t id) { return c.stages(id); }, [&](uint32_t id, const auto& stages) {
       for (auto& [name, h] : stages) {
         double mean = h.count() ? static_cast<double>(h.sum_us) / static_cast<double>(h.count()) : 0;
         if (json)
@@ -195,10 +196,7 @@ int main(int argc, char** argv) {
 
   if (cmd == "partitions") {
     auto m = tandem::partition::PartitionMap::decode(c.map_bytes());
-    if (!m) {
-      std::fprintf(stderr, "tandemctl: %s\n", m.status().to_string().c_str());
-      return 1;
-    }
+    if (!m) return fail(m.status().to_string());
     if (json) std::printf("{\"epoch\":%llu,\"partitions\":[", static_cast<unsigned long long>(m->epoch));
     else std::printf("epoch %llu\n%-4s %-10s %-24s %-5s\n", static_cast<unsigned long long>(m->epoch), "id", "type", "range", "owner");
     for (size_t i = 0; i < m->partitions.size(); ++i) {
@@ -220,15 +218,9 @@ int main(int argc, char** argv) {
   if (cmd == "inspect") {
     tandem::EntityRef ref{args[0], args[1]};  // checked by the parser
     uint32_t owner = c.owner_of(ref);
-    if (owner == 0) {
-      std::fprintf(stderr, "tandemctl: unknown entity type '%s'\n", ref.type.c_str());
-      return 1;
-    }
+    if (owner == 0) return fail("unknown entity type '" + ref.type + "'");
     auto r = c.request(owner, "inspect", ref.type + std::string(1, '\0') + ref.key);
-    if (!r) {
-      std::fprintf(stderr, "tandemctl: %s\n", r.status().to_string().c_str());
-      return 1;
-    }
+    if (!r) return fail("node " + std::to_string(owner) + " (which owns " + ref.to_string() + "): " + r.status().to_string());
     if (json) {
       std::printf("{\"node\":%u,\"lines\":[", owner);
       std::istringstream in(*r);
@@ -249,7 +241,7 @@ int main(int argc, char** argv) {
     if (json) std::printf("[");
     bool first = true;
     size_t total = 0;
-    int failed = each_node(nodes, [&](uint32_t id) { return c.request(id, "parked", ""); }, [&](uint32_t id, const std::string& body) {
+    int failed = each_node(nodes, first, [&](uint32_t id) { return c.request(id, "parked", ""); }, [&](uint32_t id, const std::string& body) {
       std::vector<std::string> l;
       {
         tandem::ByteReader br(body);
@@ -277,10 +269,7 @@ int main(int argc, char** argv) {
 
   if (cmd == "controller") {
     auto ctl = c.controller();
-    if (!ctl) {
-      std::fprintf(stderr, "tandemctl: no controller answered (%s)\n", ctl.status().message().c_str());
-      return 1;
-    }
+    if (!ctl) return fail("no controller answered (" + ctl.status().message() + ")");
     if (json) std::printf("{\"controller\":%u}\n", *ctl);
     else std::printf("node %u is the controller\n", *ctl);
     return 0;
@@ -290,10 +279,7 @@ int main(int argc, char** argv) {
     if (cmd == "move") {
       bool known = false;
       for (auto id : c.node_ids()) known |= id == command.target_node;
-      if (!known) {
-        std::fprintf(stderr, "tandemctl: no node %u in %s; nothing changed\n", command.target_node, o.config_path.c_str());
-        return 1;
-      }
+      if (!known) return fail("no node " + std::to_string(command.target_node) + " in " + o.config_path + "; nothing changed");
     }
     return to_controller(c, command);
   }
@@ -303,13 +289,13 @@ int main(int argc, char** argv) {
     for (auto id : nodes) {
       auto r = c.request(id, "redrive", args[0]);
       if (r) {
-        std::printf("redriven on node %u\n", id);
+        if (json) std::printf("{\"ok\":true,\"node\":%u}\n", id);
+        else std::printf("redriven on node %u\n", id);
         return 0;
       }
       if (r.status().code() != tandem::Code::kNotFound) last = r.status();
     }
-    std::fprintf(stderr, "tandemctl: %s\n", last.to_string().c_str());
-    return 1;
+    return fail(last.to_string());
   }
   return usage_error("unknown command '" + cmd + "'");
 }

@@ -208,6 +208,16 @@ TEST_CASE("launcher: status, kill, restart and down, and its mistakes") {
   CHECK(again.text.find("node 2 is not running") != std::string::npos);
   CHECK(c.launcher("restart 2").code == 0);
   CHECK(c.launcher("status").text.find("stopped") == std::string::npos);
+  // Pause and resume say what they did, and what they did not.
+  CHECK(c.launcher("cont 2").text.find("node 2 is not paused: nothing to resume") != std::string::npos);
+  CHECK(c.launcher("stop 2").text.find("node 2 paused (SIGSTOP)") != std::string::npos);
+  {
+    ContOnExit resume{c, 2};
+    CHECK(c.launcher("status").text.find("node 2  127.0.0.1:" + std::to_string(c.port(2)) + "  paused") != std::string::npos);
+    CHECK(c.launcher("stop 2").text.find("node 2 is paused already") != std::string::npos);
+    CHECK(c.launcher("cont 2").text.find("node 2 resumed (SIGCONT)") != std::string::npos);
+  }
+  CHECK(c.launcher("status").text.find("paused") == std::string::npos);
   auto bad = c.launcher("kill 9");
   CHECK(bad.code != 0);
   CHECK(bad.text.find("no node 9") != std::string::npos);
@@ -454,6 +464,45 @@ TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-
   auto unreachable = sh(std::string(TANDEMCTL_BIN) + " --config /nonexistent/cluster.conf status");
   CHECK(unreachable.code == 1);
   CHECK(unreachable.text.find("cannot read cluster config") != std::string::npos);
+  // With --json an error is JSON on stdout as well (a script reads one stream).
+  // (stdout only: sh() joins stderr to stdout, so the command runs in a subshell without it)
+  auto json_err = sh("(" + std::string(TANDEMCTL_BIN) + " --json --config /nonexistent/cluster.conf status 2>/dev/null)");
+  CHECK(json_err.code == 1);
+  CHECK(json_err.text.rfind("{\"error\":\"cannot reach the cluster", 0) == 0);
+  auto json_ghost = sh("(" + c.ctl + "--json inspect ghost k 2>/dev/null)");
+  CHECK(json_ghost.code == 1);
+  CHECK(json_ghost.text == "{\"error\":\"unknown entity type 'ghost'\"}\n");
+  // Without --config, beside the cluster the launcher started in $TANDEM_CLUSTER_DIR.
+  auto by_env = sh(c.env + TANDEMCTL_BIN + " partitions");
+  INFO(by_env.text);
+  CHECK(by_env.code == 0);
+  CHECK(by_env.text.find("epoch ") == 0);
+  for (const char* h : {"-h", "help"}) {
+    auto help = sh(std::string(TANDEMCTL_BIN) + " " + h);
+    CHECK(help.code == 0);
+    CHECK(help.text.find("usage: tandemctl") == 0);
+  }
+  // A node down: each_node's commands name it (in the JSON array too), and inspect of an entity
+  // it owns names the node.
+  REQUIRE(c.launcher("kill 3").code == 0);
+  auto parked = sh("(" + c.ctl + "--json parked 2>/dev/null)");
+  INFO(parked.text);
+  CHECK(parked.code == 1);
+  CHECK(parked.text.find("{\"node\":3,\"error\":") != std::string::npos);
+  CHECK(parked.text.find("{\"node\":2,\"error\":") == std::string::npos);
+  // Node 3 owns order partitions 3 and 6; some order among a few of them lands there.
+  bool named = false;
+  for (int i = 0; i < 40 && !named; ++i) {
+    auto ins = sh(c.ctl + "inspect order o-" + std::to_string(i));
+    if (ins.code != 0) named = ins.text.find("tandemctl: node 3 (which owns order/o-" + std::to_string(i) + ")") != std::string::npos;
+  }
+  CHECK(named);
+  // rebalance plans around a node that does not answer: nothing moves to it, or from it.
+  auto plan = sh(c.ctl + "rebalance --dry-run");
+  INFO(plan.text);
+  CHECK(plan.code == 0);
+  CHECK(plan.text.find("node 3 left out (it did not answer") != std::string::npos);
+  CHECK(plan.text.find("to node 3") == std::string::npos);
   c.launcher("down");
   auto down = sh(c.ctl + "status");
   CHECK(down.code == 1);

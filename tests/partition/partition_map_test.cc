@@ -138,3 +138,31 @@ TEST_CASE("a node that missed a split keeps the half it still owns when the othe
   REQUIRE(released.size() == 1);
   CHECK(released[0] == moved->key_range(*moved->partition(pid)));  // exactly the half that left
 }
+
+TEST_CASE("a rebalance plan evens out partition counts, and leaves a node that is down out of every move") {
+  // Six partitions, all on node 1 (as after two nodes joined empty).
+  auto m = PartitionMap::initial(three_nodes(), {{"order", {TypeScheme::Kind::kHash, 60}, 6, {}}});
+  for (auto& p : m.partitions) p.owner = 1;
+  auto counts = [&](const std::vector<std::pair<uint32_t, uint32_t>>& plan) {
+    std::map<uint32_t, int> per_node;
+    for (auto& p : m.partitions) {
+      uint32_t owner = p.owner;
+      for (auto& [pid, to] : plan)
+        if (pid == p.id) owner = to;
+      ++per_node[owner];
+    }
+    return per_node;
+  };
+  auto all = counts(m.rebalance_plan());
+  CHECK(all[1] == 2);
+  CHECK(all[2] == 2);
+  CHECK(all[3] == 2);
+  auto plan = m.rebalance_plan({3});
+  for (auto& [pid, to] : plan) CHECK(to != 3);
+  auto without3 = counts(plan);
+  CHECK(without3[1] == 3);
+  CHECK(without3[2] == 3);
+  CHECK(without3[3] == 0);
+  // Node 1 down: its partitions cannot be copied off it, so nothing moves.
+  CHECK(m.rebalance_plan({1}).empty());
+}

@@ -1,6 +1,7 @@
 // tandemctl's command line: parsed and checked before any connection is made.
 #include <doctest/doctest.h>
 
+#include <cstdlib>
 #include <sstream>
 
 #include <tandem/core/bytes.h>
@@ -22,6 +23,7 @@ Result<admin::Command> parse(const std::string& line) {
 }  // namespace
 
 TEST_CASE("commands parse into the request the controller gets") {
+  ::unsetenv("TANDEM_CLUSTER_DIR");
   auto m = parse("--json --config /tmp/x.conf move 12 3");
   REQUIRE(m);
   CHECK(m->name == "move");
@@ -85,4 +87,25 @@ TEST_CASE("mistakes are refused with a message naming them") {
     CHECK(r.status().code() == Code::kInvalidArgument);
     CHECK(r.status().message().find(says) != std::string::npos);
   }
+}
+
+TEST_CASE("help in each spelling, the config beside TANDEM_CLUSTER_DIR, and an empty split point") {
+  for (const char* line : {"-h", "--help", "help", "help move", "move -h", "stauts -h"}) {
+    CAPTURE(line);
+    auto h = parse(line);
+    REQUIRE(h);
+    CHECK(h->help);
+  }
+  ::setenv("TANDEM_CLUSTER_DIR", "/tmp/elsewhere", 1);
+  CHECK(parse("status")->config == "/tmp/elsewhere/cluster.conf");
+  CHECK(parse("--config /tmp/x.conf status")->config == "/tmp/x.conf");  // the flag wins
+  ::unsetenv("TANDEM_CLUSTER_DIR");
+  CHECK(parse("status")->config == ".tandem/cluster/cluster.conf");
+  std::vector<std::string> parts{"tandemctl", "split", "7", ""};
+  std::vector<char*> argv;
+  for (auto& p : parts) argv.push_back(p.data());
+  argv.push_back(nullptr);
+  auto r = admin::parse_command(static_cast<int>(parts.size()), argv.data());
+  REQUIRE_FALSE(r);
+  CHECK(r.status().message().find("the split point is empty") != std::string::npos);
 }

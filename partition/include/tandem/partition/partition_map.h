@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -76,8 +77,9 @@ class PartitionMap {
   Result<PartitionMap> with_node(const NodeInfo& n) const;
   // Moves (partition id, target node) that even out partition counts over the nodes that are
   // not draining, and empty the draining ones. Each move is planned against the map as the
-  // moves before it leave it.
-  std::vector<std::pair<uint32_t, uint32_t>> rebalance_plan() const;
+  // moves before it leave it. Nodes in `down` (not answering) take part in no move: their
+  // partitions stay where they are and none moves to them.
+  std::vector<std::pair<uint32_t, uint32_t>> rebalance_plan(const std::set<uint32_t>& down = {}) const;
 
   std::string encode() const;
   static Result<PartitionMap> decode(std::string_view bytes);
