@@ -740,7 +740,8 @@ Result<std::string> ClusterNode::handle_partition_request(const std::string& met
   auto ranges = ranges_of({static_cast<uint32_t>(*pid)});
   if (ranges.empty()) return Status::invalid_argument("no partition " + std::to_string(*pid));
   if (method == "freeze") {
-    auto asked_by = r.varint();  // the controller asking (0 from an older controller)
+    auto asked_by = r.varint();  // the controller asking (absent from an older controller)
+    if (asked_by && *asked_by > UINT32_MAX) return Status::invalid_argument("malformed freeze request: no node " + std::to_string(*asked_by));
     uint32_t by = asked_by ? static_cast<uint32_t>(*asked_by) : 0;
     {
       std::lock_guard lock(map_mu_);

@@ -36,6 +36,10 @@ int NodeMain::run() {
   }
   auto id = f->u64("id", 0);
   auto max_batch = f->u64("max-batch", 2048);
+  if (id && *id > UINT32_MAX) {
+    std::fprintf(stderr, "--id %llu is not a node id (1 to %u)\n%s", static_cast<unsigned long long>(*id), UINT32_MAX, kUsage);
+    return 2;
+  }
   if (!id || !max_batch || *id == 0 || !f->has("config")) {
     std::fprintf(stderr, "%s\n%s", !id ? id.status().to_string().c_str() : "--config and --id are required", kUsage);
     return 2;

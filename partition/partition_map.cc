@@ -284,11 +284,11 @@ Result<PartitionMap> PartitionMap::decode(std::string_view bytes) {
   m.epoch = *e;
   for (uint64_t i = 0; i < *nn; ++i) {
     NodeInfo n;
-    auto id = r.varint();
+    auto id = r.u32();
     if (!id || !get_endpoint(r, n.addr) || !get_endpoint(r, n.admin)) return bad();
     auto d = r.bytes();
     if (!d) return bad();
-    n.id = static_cast<uint32_t>(*id);
+    n.id = *id;
     n.data_dir = *d;
     m.nodes.push_back(n);
   }
@@ -298,14 +298,14 @@ Result<PartitionMap> PartitionMap::decode(std::string_view bytes) {
     TypeSpec t;
     auto name = r.bytes();
     auto kind = r.u8();
-    auto slots = r.varint();
-    auto parts = r.varint();
+    auto slots = r.u16();
+    auto parts = r.u32();
     auto ns = r.varint();
     if (!name || !kind || !slots || !parts || !ns || *ns > 100'000) return bad();
     t.name = *name;
     t.scheme.kind = *kind ? TypeScheme::Kind::kRange : TypeScheme::Kind::kHash;
-    t.scheme.slots = static_cast<uint16_t>(*slots);
-    t.partitions = static_cast<uint32_t>(*parts);
+    t.scheme.slots = *slots;
+    t.partitions = *parts;
     for (uint64_t k = 0; k < *ns; ++k) {
       auto key = r.bytes();
       if (!key) return bad();
@@ -317,21 +317,21 @@ Result<PartitionMap> PartitionMap::decode(std::string_view bytes) {
   if (!np || *np > 1'000'000) return bad();
   for (uint64_t i = 0; i < *np; ++i) {
     PartitionInfo p;
-    auto id = r.varint();
+    auto id = r.u32();
     auto type = r.bytes();
-    auto sb = r.varint();
-    auto se = r.varint();
+    auto sb = r.u16();
+    auto se = r.u16();
     auto kb = r.bytes();
     auto ke = r.bytes();
-    auto owner = r.varint();
+    auto owner = r.u32();
     if (!id || !type || !sb || !se || !kb || !ke || !owner) return bad();
-    p.id = static_cast<uint32_t>(*id);
+    p.id = *id;
     p.type = *type;
-    p.slot_begin = static_cast<uint16_t>(*sb);
-    p.slot_end = static_cast<uint16_t>(*se);
+    p.slot_begin = *sb;
+    p.slot_end = *se;
     p.key_begin = *kb;
     p.key_end = *ke;
-    p.owner = static_cast<uint32_t>(*owner);
+    p.owner = *owner;
     m.partitions.push_back(p);
   }
   auto mv = r.varint();
@@ -342,9 +342,9 @@ Result<PartitionMap> PartitionMap::decode(std::string_view bytes) {
   auto nd = r.varint();
   if (!nd || *nd > 10'000) return bad();
   for (uint64_t i = 0; i < *nd; ++i) {
-    auto d = r.varint();
+    auto d = r.u32();
     if (!d) return bad();
-    m.draining.push_back(static_cast<uint32_t>(*d));
+    m.draining.push_back(*d);
   }
   return m;
 }

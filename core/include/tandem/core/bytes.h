@@ -46,6 +46,18 @@ class ByteReader {
     }
     return std::nullopt;
   }
+  // A varint that must fit 32 bits (node and partition ids): a larger value is malformed,
+  // never cut down to one that names something else.
+  std::optional<uint32_t> u32() {
+    auto v = varint();
+    if (!v || *v > UINT32_MAX) return std::nullopt;
+    return static_cast<uint32_t>(*v);
+  }
+  std::optional<uint16_t> u16() {
+    auto v = varint();
+    if (!v || *v > UINT16_MAX) return std::nullopt;
+    return static_cast<uint16_t>(*v);
+  }
   std::optional<int64_t> i64() {
     auto v = varint();
     if (!v) return std::nullopt;
