@@ -106,7 +106,7 @@ int to_controller(tandem::entity::Client& c, const tandem::admin::Command& cmd) 
   auto r = pending.get();
   if (!r) return fail(r.status().message());
   if (json) std::printf("{\"ok\":true,\"message\":\"%s\"}\n", json_escape(*r).c_str());
-  else std::printf("%s\n", r->c_str());
+  else std::printf("%s\n", r->substr(0, r->find_last_not_of('\n') + 1).c_str());  // one newline at the end
   return 0;
 }
 
