@@ -957,14 +957,18 @@ Result<std::string> ClusterNode::drain(uint32_t node) {
     next = map_;
   }
   if (next.draining.size() + 1 >= next.nodes.size()) return Status::invalid_argument("cannot drain the last node that is not draining");
+  std::string left_out;
+  auto down = not_answering(left_out);
+  if (down.count(node))
+    return Status::unavailable("node " + std::to_string(node) + " does not answer: its partitions cannot be copied off it; nothing changed");
   next.draining.push_back(node);
   ++next.epoch;
   TANDEM_TRY(commit_map(next));
   TANDEM_TRY(adopt_map(next));
   announce(next, {});
-  auto r = run_plan(next.rebalance_plan());
+  auto r = run_plan(next.rebalance_plan(down));
   if (!r) return r.status();
-  return *r + "node " + std::to_string(node) + " is drained: it owns no partition and takes none";
+  return left_out + *r + "node " + std::to_string(node) + " is drained: it owns no partition and takes none";
 }
 
 Result<std::string> ClusterNode::add_node(uint32_t id, const std::string& addrs) {
@@ -999,17 +1003,22 @@ Result<std::string> ClusterNode::add_node(uint32_t id, const std::string& addrs)
   return out;
 }
 
-Result<std::string> ClusterNode::rebalance(bool dry_run) {
-  // A node that does not answer can give no partition and take none: plan without it.
+std::set<uint32_t> ClusterNode::not_answering(std::string& said) {
+  // A node that does not answer can give no partition and take none: plans leave it out.
   std::set<uint32_t> down;
-  std::string left_out;
   for (auto& n : map_copy().nodes) {
     if (n.id == self_.id) continue;
     if (auto r = call_node(n.id, "status", ""); !r) {
       down.insert(n.id);
-      left_out += "node " + std::to_string(n.id) + " left out (it did not answer: " + r.status().message() + ")\n";
+      said += "node " + std::to_string(n.id) + " left out (it did not answer: " + r.status().message() + ")\n";
     }
   }
+  return down;
+}
+
+Result<std::string> ClusterNode::rebalance(bool dry_run) {
+  std::string left_out;
+  auto down = not_answering(left_out);
   std::vector<std::pair<uint32_t, uint32_t>> plan;
   {
     std::lock_guard lock(map_mu_);

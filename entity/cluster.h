@@ -84,6 +84,8 @@ class ClusterNode {
   // A node's address: from the map (nodes added at run time), else from the config.
   std::optional<net::Endpoint> node_addr(uint32_t id) const;
   Result<std::string> rebalance(bool dry_run);
+  // The other nodes that do not answer a status request now; `said` gets a line for each.
+  std::set<uint32_t> not_answering(std::string& said);
   Result<std::string> run_plan(const std::vector<std::pair<uint32_t, uint32_t>>& plan);
   Status adopt_map(partition::PartitionMap next);  // newer map: adopt arrived partitions, release gone ones
   Status persist_map(const partition::PartitionMap& m);

@@ -142,7 +142,14 @@ void Session::send_frame(std::string body) { conn_->send(frame(body)); }
 
 void Session::on_bytes(std::string_view bytes) {
   if (phase_ == Phase::kClosed) return;
-  if (auto s = reader_.feed(bytes); !s) return fail(s);
+  if (auto s = reader_.feed(bytes); !s) {
+    // The commonest stranger on a node port: a browser or curl that meant the metrics port.
+    if (phase_ == Phase::kHandshake && !client_)
+      for (std::string_view verb : {"GET ", "POST ", "HEAD ", "PUT "})
+        if (bytes.substr(0, verb.size()) == verb)
+          return fail(Status::invalid_argument("an HTTP request on the node port (metrics are on the node's admin port)"));
+    return fail(s);
+  }
   while (phase_ != Phase::kClosed) {
     auto f = reader_.next();
     if (!f) break;

@@ -327,6 +327,7 @@ TEST_CASE("bad input at a node port (wrong secret, garbage, oversized and trunca
   CHECK(log.find("before authentication: wrong cluster secret") != std::string::npos);
   CHECK(log.find("before authentication: frame of 2147483647 bytes exceeds the limit") != std::string::npos);
   CHECK(log.find("before authentication: handshake timed out with 4 bytes of an unfinished frame") != std::string::npos);
+  CHECK(log.find("before authentication: an HTTP request on the node port") != std::string::npos);
   // ...but a flood of them cannot flood the log: 300 more write at most a few dozen lines,
   // and the metric counts them all.
   size_t lines_before = count_of(log, "before authentication");
@@ -428,6 +429,10 @@ TEST_CASE("an envelope or a call for an entity the node does not own is answered
   net->stop();
 }
 
+namespace {
+uint64_t epoch_of(Cluster& c);  // the map's epoch, from tandemctl (below)
+}  // namespace
+
 TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-zero exit") {
   Cluster c;
   require_drive(std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 50 --items 10");
@@ -503,6 +508,11 @@ TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-
   CHECK(plan.code == 0);
   CHECK(plan.text.find("node 3 left out (it did not answer") != std::string::npos);
   CHECK(plan.text.find("to node 3") == std::string::npos);
+  uint64_t epoch = epoch_of(c);
+  auto drain = sh(c.ctl + "drain-node 3");
+  CHECK(drain.code == 1);
+  CHECK(drain.text.find("node 3 does not answer: its partitions cannot be copied off it; nothing changed") != std::string::npos);
+  CHECK(epoch_of(c) == epoch);
   c.launcher("down");
   auto down = sh(c.ctl + "status");
   CHECK(down.code == 1);
