@@ -100,6 +100,11 @@ class AsioConnection final : public Connection, public std::enable_shared_from_t
     });
   }
 
+  void abort() override {
+    auto self = shared_from_this();
+    asio::post(io_, [self] { self->fail(Status::unavailable("aborted")); });
+  }
+
   std::string peer() const override { return peer_; }
 
   // At the network's stop, on its thread: closes the socket and drops the user's callbacks,

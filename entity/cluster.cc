@@ -961,6 +961,11 @@ Result<std::string> ClusterNode::drain(uint32_t node) {
   auto down = not_answering(left_out);
   if (down.count(node))
     return Status::unavailable("node " + std::to_string(node) + " does not answer: its partitions cannot be copied off it; nothing changed");
+  size_t takers = 0;  // nodes that answer and may take its partitions
+  for (auto& n : next.nodes) takers += n.id != node && !next.is_draining(n.id) && !down.count(n.id);
+  if (takers == 0)
+    return Status::unavailable(left_out + "no other node that answers can take the partitions of node " + std::to_string(node) +
+                               "; nothing changed");
   next.draining.push_back(node);
   ++next.epoch;
   TANDEM_TRY(commit_map(next));
@@ -1354,10 +1359,12 @@ std::string ClusterNode::metrics_text() {
 }
 
 void ClusterNode::serve_metrics(std::shared_ptr<net::Connection> c) {
-  // Anyone on the host can open this port: at most kMaxMetricsConnections at once, and a
-  // request must arrive whole within kMetricsReadMs, or the connection is closed.
+  // Anyone on the host can open this port: at most kMaxMetricsConnections at once, a request
+  // must arrive whole within kMetricsReadMs and its answer be read within kMetricsWriteMs, or
+  // the connection is dropped (a client that stops reading must not hold a slot for ever).
   constexpr int kMaxMetricsConnections = 32;
   constexpr int64_t kMetricsReadMs = 5'000;
+  constexpr int64_t kMetricsWriteMs = 10'000;
   if (metrics_conns_.fetch_add(1) >= kMaxMetricsConnections) {
     metrics_conns_.fetch_sub(1);
     return c->close();
@@ -1365,8 +1372,8 @@ void ClusterNode::serve_metrics(std::shared_ptr<net::Connection> c) {
   auto buf = std::make_shared<std::string>();
   auto answered = std::make_shared<bool>(false);
   std::weak_ptr<net::Connection> weak = c;
-  net_->after(kMetricsReadMs, [weak] {
-    if (auto conn = weak.lock()) conn->close();
+  net_->after(kMetricsReadMs, [weak, answered] {
+    if (auto conn = weak.lock(); conn && !*answered) conn->abort();
   });
   c->start(
       [this, buf, answered, weak](std::string_view bytes) {
@@ -1396,6 +1403,9 @@ void ClusterNode::serve_metrics(std::shared_ptr<net::Connection> c) {
         conn->send("HTTP/1.0 " + status + "\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: " +
                    std::to_string(body.size()) + "\r\n" + extra + "Connection: close\r\n\r\n" + body);
         conn->close();
+        net_->after(kMetricsWriteMs, [weak] {
+          if (auto conn = weak.lock()) conn->abort();
+        });
       },
       [this, c](Status) { metrics_conns_.fetch_sub(1); });
 }

@@ -34,9 +34,11 @@ capnp::Data::Reader as_data(std::string_view s) {
 
 std::string str(capnp::Data::Reader d) { return std::string(reinterpret_cast<const char*>(d.begin()), d.size()); }
 
+const std::string kProofTag = "tandem/" + std::to_string(kWireProtocol);
+
 std::string client_proof(const std::string& secret, const std::string& server_nonce, const std::string& client_nonce,
                          const std::string& role, uint32_t node) {
-  return crypto::hmac_sha256(secret, "tandem/1 client|" + server_nonce + "|" + client_nonce + "|" + role + "|" +
+  return crypto::hmac_sha256(secret, kProofTag + " client|" + server_nonce + "|" + client_nonce + "|" + role + "|" +
                                          std::to_string(node));
 }
 
@@ -44,7 +46,7 @@ std::atomic<uint64_t> g_closed_before_auth{0};
 
 std::string server_proof(const std::string& secret, const std::string& server_nonce, const std::string& client_nonce,
                          uint32_t node) {
-  return crypto::hmac_sha256(secret, "tandem/1 server|" + client_nonce + "|" + server_nonce + "|" + std::to_string(node));
+  return crypto::hmac_sha256(secret, kProofTag + " server|" + client_nonce + "|" + server_nonce + "|" + std::to_string(node));
 }
 
 }  // namespace
@@ -127,14 +129,17 @@ void Session::start(std::function<void(Result<std::shared_ptr<Session>>)> client
     auto f = mb.initRoot<schema::Frame>();
     f.setChallenge(as_data(my_nonce_));
     f.setNode(opts_.node_id);
+    f.setProtocol(kWireProtocol);
     send_frame(to_bytes(mb));
   }
   std::weak_ptr<Session> weak = self;
   net_.after(opts_.handshake_timeout_ms, [weak] {
-    if (auto s = weak.lock(); s && s->phase_ == Phase::kHandshake)
+    if (auto s = weak.lock(); s && s->phase_ == Phase::kHandshake) {
+      s->timed_out_ = true;
       s->fail(Status::unavailable("handshake timed out" + (s->reader_.partial() ? " with " + std::to_string(s->reader_.partial()) +
                                                                                       " bytes of an unfinished frame"
                                                                                 : std::string())));
+    }
   });
 }
 
@@ -142,6 +147,7 @@ void Session::send_frame(std::string body) { conn_->send(frame(body)); }
 
 void Session::on_bytes(std::string_view bytes) {
   if (phase_ == Phase::kClosed) return;
+  heard_ = true;
   if (auto s = reader_.feed(bytes); !s) {
     // The commonest stranger on a node port: a browser or curl that meant the metrics port.
     if (phase_ == Phase::kHandshake && !client_)
@@ -172,6 +178,10 @@ void Session::on_frame(const std::string& body) {
       if (client_ && f.isChallenge()) {
         peer_nonce_ = str(f.getChallenge());
         peer_node_ = f.getNode();
+        if (f.getProtocol() != kWireProtocol)
+          return fail(Status::invalid_argument(
+              "the node at " + conn_->peer() + " speaks wire protocol " + std::to_string(f.getProtocol()) +
+              ", this build speaks " + std::to_string(kWireProtocol) + " (every node and tool of a cluster must be the same build)"));
         if (opts_.expect_node != 0 && peer_node_ != opts_.expect_node)
           return fail(Status::invalid_argument("the node at " + conn_->peer() + " is node " + std::to_string(peer_node_) +
                                                ", not node " + std::to_string(opts_.expect_node) +
@@ -182,6 +192,7 @@ void Session::on_frame(const std::string& body) {
         a.setRole(opts_.role);
         a.setNodeId(opts_.node_id);
         a.setNonce(as_data(my_nonce_));
+        a.setProtocol(kWireProtocol);
         a.setMac(as_data(client_proof(opts_.secret, peer_nonce_, my_nonce_, opts_.role, opts_.node_id)));
         send_frame(to_bytes(mb));
         return;
@@ -203,6 +214,14 @@ void Session::on_frame(const std::string& body) {
         auto a = f.getAuth();
         std::string role(a.getRole().cStr(), a.getRole().size());
         std::string nonce = str(a.getNonce());
+        if (a.getProtocol() != kWireProtocol) {
+          std::string why = "the peer speaks wire protocol " + std::to_string(a.getProtocol()) + ", this node speaks " +
+                            std::to_string(kWireProtocol) + " (every node and tool of a cluster must be the same build)";
+          capnp::MallocMessageBuilder mb(kFrameWords);
+          mb.initRoot<schema::Frame>().setRefused(why);
+          send_frame(to_bytes(mb));
+          return fail(Status::invalid_argument(why));
+        }
         if (nonce.size() != kNonceBytes || (role != "node" && role != "client" && role != "admin") ||
             !crypto::equal(str(a.getMac()), client_proof(opts_.secret, my_nonce_, nonce, role, a.getNodeId()))) {
           // Said to the peer before the close, so that a client with the wrong secret stops and
@@ -364,7 +383,9 @@ void Session::fail(Status why) {
     // only so many are written.
     g_closed_before_auth.fetch_add(1, std::memory_order_relaxed);
     static log::Throttle throttle(20, 10'000);
-    if (int64_t unlogged = throttle.admit(); unlogged >= 0)
+    if (!heard_ && !timed_out_)  // closed by the peer without a word: a port probe (tandem-cluster's, a health check)
+      log::debug("connection from {} closed before it sent anything: {}", conn_->peer(), why.message());
+    else if (int64_t unlogged = throttle.admit(); unlogged >= 0)
       log::warn("closed connection from {} before authentication: {}{}", conn_->peer(), why.message(),
                 unlogged ? " (and " + std::to_string(unlogged) + " more such closes not logged)" : std::string());
   }

@@ -50,11 +50,16 @@ const char* const kNodeId = "NODE must be a node id";
 
 Result<Command> parse_command(int argc, char** argv) {
   Command c;
-  for (int i = 1; i < argc; ++i)
-    if (std::string_view(argv[i]) == "-h") {
+  // -h in place of the command (flags may come before it), never as an argument's value.
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a(argv[i]);
+    if (a == "-h") {
       c.help = true;
       return c;
     }
+    if (a == "--config" || a == "--node") ++i;  // their value is next
+    else if (a.substr(0, 2) != "--") break;     // the command: the rest are its arguments
+  }
   auto f = Flags::parse(argc, argv, 1, {"config", "node"}, {"json", "help", "dry-run"});
   if (!f) return f.status();
   auto& pos = f->positional();

@@ -5,6 +5,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <tandem/core/bytes.h>
@@ -15,11 +16,6 @@
 #include "admin_command.h"
 
 namespace {
-
-int usage_error(const std::string& why) {
-  std::fprintf(stderr, "tandemctl: %s\n%s", why.c_str(), tandem::admin::kUsage);
-  return 2;
-}
 
 std::string json_escape(const std::string& s) {
   std::string o;
@@ -52,6 +48,14 @@ std::vector<std::pair<std::string, std::string>> kv_lines(const std::string& tex
 }
 
 bool g_json = false;  // --json: errors are JSON on stdout too, for scripts
+
+// A command line that does not parse: why and the usage on stderr (with --json also
+// {"error": ...} on stdout), exit code 2.
+int usage_error(const std::string& why) {
+  std::fprintf(stderr, "tandemctl: %s\n%s", why.c_str(), tandem::admin::kUsage);
+  if (g_json) std::printf("{\"error\":\"%s\"}\n", json_escape(why).c_str());
+  return 2;
+}
 
 // Says what went wrong (stderr; with --json also {"error": ...} on stdout) and gives exit code 1.
 int fail(const std::string& what) {
@@ -114,7 +118,10 @@ int to_controller(tandem::entity::Client& c, const tandem::admin::Command& cmd) 
 
 int main(int argc, char** argv) {
   auto parsed = tandem::admin::parse_command(argc, argv);
-  if (!parsed) return usage_error(parsed.status().message());
+  if (!parsed) {
+    for (int i = 1; i < argc; ++i) g_json |= std::string_view(argv[i]) == "--json";
+    return usage_error(parsed.status().message());
+  }
   const tandem::admin::Command& command = *parsed;
   if (command.help) {
     std::fputs(tandem::admin::kUsage, stdout);

@@ -59,13 +59,15 @@ struct Frame {
     refused @7 :Text;       # server -> client: why the handshake failed, just before the server closes
   }
   node @8 :UInt32;          # on a challenge: the server's node id (0: not a cluster node); the welcome's proof covers it
+  protocol @9 :UInt16;      # on a challenge: the server's wire protocol (tandem::messaging::kWireProtocol; 0 before it existed)
 }
 
 struct Auth {
   role @0 :Text;        # "node", "client" or "admin"
   nodeId @1 :UInt32;    # for role "node"
   nonce @2 :Data;
-  mac @3 :Data;         # HMAC-SHA256(secret, "tandem/1 client" | server nonce | nonce | role | nodeId)
+  mac @3 :Data;         # HMAC-SHA256(secret, "tandem/<protocol> client" | server nonce | nonce | role | nodeId)
+  protocol @4 :UInt16;  # the client's wire protocol
 }
 
 struct Deliver {

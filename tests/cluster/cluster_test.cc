@@ -477,6 +477,9 @@ TEST_CASE("tandemctl: commands work, and mistakes get a clear message and a non-
   auto json_ghost = sh("(" + c.ctl + "--json inspect ghost k 2>/dev/null)");
   CHECK(json_ghost.code == 1);
   CHECK(json_ghost.text == "{\"error\":\"unknown entity type 'ghost'\"}\n");
+  auto json_typo = sh("(" + c.ctl + "--json statsu 2>/dev/null)");
+  CHECK(json_typo.code == 2);
+  CHECK(json_typo.text == "{\"error\":\"unknown command 'statsu'\"}\n");
   // Without --config, beside the cluster the launcher started in $TANDEM_CLUSTER_DIR.
   auto by_env = sh(c.env + TANDEMCTL_BIN + " partitions");
   INFO(by_env.text);
@@ -788,6 +791,16 @@ TEST_CASE("rebalance plans and evens out, drain-node empties a node and refuses 
   INFO(m.text);
   CHECK(m.code == 0);
   CHECK(sh(c.ctl + "partitions").text.find("slots 0..85") != std::string::npos);
+  // With node 2 down, node 1 is the last node that could take partitions: there would be nowhere
+  // to put them.
+  REQUIRE(c.launcher("kill 2").code == 0);
+  uint64_t before_last = epoch_of(c);
+  auto last = sh(c.ctl + "drain-node 1");
+  INFO(last.text);
+  CHECK(last.code != 0);
+  CHECK(last.text.find("no other node that answers can take the partitions of node 1; nothing changed") != std::string::npos);
+  CHECK(epoch_of(c) == before_last);
+  REQUIRE(c.launcher("restart 2").code == 0);
   check_demo_ok(sh(drive));
 }
 

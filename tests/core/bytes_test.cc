@@ -16,3 +16,11 @@ TEST_CASE("32- and 16-bit reads refuse a varint that does not fit, instead of cu
   ByteReader empty("");
   CHECK_FALSE(empty.u32().has_value());
 }
+
+TEST_CASE("a varint of more than 64 bits is malformed, not wrapped") {
+  const std::string wide("\x87\x80\x80\x80\x80\x80\x80\x80\x80\x02", 10);  // 2^64 + 7
+  CHECK_FALSE(ByteReader(wide).varint().has_value());
+  CHECK_FALSE(ByteReader(wide).u32().has_value());  // not 7
+  auto max = ByteWriter().varint(UINT64_MAX).take();
+  CHECK(ByteReader(max).varint() == UINT64_MAX);
+}

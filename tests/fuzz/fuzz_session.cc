@@ -72,8 +72,9 @@ std::string valid_auth(const std::string& server_nonce) {
   auto a = mb.initRoot<messaging::schema::Frame>().initAuth();
   a.setRole("node");
   a.setNodeId(2);
+  a.setProtocol(messaging::kWireProtocol);
   a.setNonce(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(nonce.data()), nonce.size()));
-  std::string mac = crypto::hmac_sha256(kSecret, "tandem/1 client|" + server_nonce + "|" + nonce + "|node|2");
+  std::string mac = crypto::hmac_sha256(kSecret, "tandem/" + std::to_string(messaging::kWireProtocol) + " client|" + server_nonce + "|" + nonce + "|node|2");
   a.setMac(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(mac.data()), mac.size()));
   auto words = capnp::messageToFlatArray(mb);
   auto bytes = words.asBytes();

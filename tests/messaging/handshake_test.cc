@@ -62,12 +62,14 @@ capnp::Data::Reader data(const std::string& s) {
 }
 std::string client_mac(const std::string& secret, const std::string& server_nonce, const std::string& client_nonce,
                        const std::string& role, uint32_t node) {
-  return crypto::hmac_sha256(secret, "tandem/1 client|" + server_nonce + "|" + client_nonce + "|" + role + "|" +
+  return crypto::hmac_sha256(secret, "tandem/" + std::to_string(kWireProtocol) + " client|" + server_nonce + "|" + client_nonce + "|" + role + "|" +
                                          std::to_string(node));
 }
-std::string auth_frame(const std::string& role, uint32_t node, const std::string& nonce, const std::string& mac) {
+std::string auth_frame(const std::string& role, uint32_t node, const std::string& nonce, const std::string& mac,
+                       uint16_t protocol = kWireProtocol) {
   capnp::MallocMessageBuilder mb;
   auto a = mb.initRoot<schema::Frame>().initAuth();
+  a.setProtocol(protocol);
   a.setRole(role);
   a.setNodeId(node);
   a.setNonce(data(nonce));
@@ -88,11 +90,13 @@ std::string request_frame() {
   r.setMethod("status");
   return Session::frame(flat(mb));
 }
-std::string data_frame(bool welcome, const std::string& bytes) {
+std::string data_frame(bool welcome, const std::string& bytes, uint32_t node = 0, uint16_t protocol = kWireProtocol) {
   capnp::MallocMessageBuilder mb;
   auto f = mb.initRoot<schema::Frame>();
   if (welcome) f.setWelcome(data(bytes));
   else f.setChallenge(data(bytes));
+  f.setNode(node);
+  f.setProtocol(protocol);
   return Session::frame(flat(mb));
 }
 
@@ -217,6 +221,10 @@ TEST_CASE("handshake: forged, replayed, tampered, early and slow handshakes are 
          std::string n = nonce.substr(0, 8);
          p.conn->send(auth_frame("client", 0, n, client_mac(kSecret, s, n, "client", 0)));
        }},
+      {"a valid MAC from a build of an older wire protocol", [&](RawPeer& p) {
+         auto s = p.challenge();
+         p.conn->send(auth_frame("client", 0, nonce, client_mac(kSecret, s, nonce, "client", 0), kWireProtocol - 1));
+       }},
       {"MAC over a different server nonce", [&](RawPeer& p) {
          p.challenge();
          p.conn->send(auth_frame("client", 0, nonce, client_mac(kSecret, std::string(32, 'z'), nonce, "client", 0)));
@@ -296,6 +304,54 @@ TEST_CASE("handshake: a client refuses a server that cannot prove the secret") {
     fake->stop();
   }
   net->stop();
+}
+
+namespace {
+
+// A fake server that sends one challenge naming `node` and `protocol`; what a client expecting
+// node 3 makes of it.
+Result<std::shared_ptr<Session>> connect_to_fake(uint32_t node, uint16_t protocol, uint32_t expect_node) {
+  auto net = net::make_real_network();
+  auto fake = net::make_real_network();
+  std::atomic<int> auths{0};
+  auto port = fake->listen({"127.0.0.1", 0}, [&](std::shared_ptr<net::Connection> c) {
+    c->start([&](std::string_view) { ++auths; }, [](Status) {});
+    c->send(data_frame(false, std::string(32, 'n'), node, protocol));
+  });
+  REQUIRE(port.is_ok());
+  SessionOptions o;
+  o.secret = kSecret;
+  o.role = "admin";
+  o.expect_node = expect_node;
+  o.handshake_timeout_ms = 1000;
+  std::promise<Result<std::shared_ptr<Session>>> r;
+  Session::connect(*net, {"127.0.0.1", *port}, o, {}, [&](Result<std::shared_ptr<Session>> s) { r.set_value(s); });
+  auto f = r.get_future();
+  REQUIRE(f.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  auto s = f.get();
+  // A refused server never hears the client's proof.
+  if (!s.is_ok() && s.status().message().find("timed out") == std::string::npos) CHECK(auths.load() == 0);
+  net->stop();
+  fake->stop();
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("handshake: a client refuses a server that is another node or speaks another wire protocol, before it answers") {
+  auto other = connect_to_fake(5, kWireProtocol, 3);
+  REQUIRE_FALSE(other.is_ok());
+  CHECK(other.status().message().find("is node 5, not node 3") != std::string::npos);
+
+  auto old = connect_to_fake(3, 0, 3);
+  REQUIRE_FALSE(old.is_ok());
+  CHECK(old.status().message().find("speaks wire protocol 0, this build speaks " + std::to_string(kWireProtocol)) !=
+        std::string::npos);
+
+  // The right node and protocol: the client answers and waits for a welcome that never comes.
+  auto right = connect_to_fake(3, kWireProtocol, 3);
+  REQUIRE_FALSE(right.is_ok());
+  CHECK(right.status().message().find("timed out") != std::string::npos);
 }
 
 TEST_CASE("handshake: many idle unauthenticated connections are closed at the timeout and do not block a real client") {

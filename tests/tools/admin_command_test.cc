@@ -90,12 +90,16 @@ TEST_CASE("mistakes are refused with a message naming them") {
 }
 
 TEST_CASE("help in each spelling, the config beside TANDEM_CLUSTER_DIR, and an empty split point") {
-  for (const char* line : {"-h", "--help", "help", "help move", "move -h", "stauts -h"}) {
+  for (const char* line : {"-h", "--help", "help", "help move", "--json -h", "--node 2 -h"}) {
     CAPTURE(line);
     auto h = parse(line);
     REQUIRE(h);
     CHECK(h->help);
   }
+  // As an argument's value, -h is that value.
+  CHECK_FALSE(parse("inspect order -h")->help);
+  CHECK(parse("inspect order -h")->args[1] == "-h");
+  CHECK_FALSE(parse("--config -h status")->help);
   ::setenv("TANDEM_CLUSTER_DIR", "/tmp/elsewhere", 1);
   CHECK(parse("status")->config == "/tmp/elsewhere/cluster.conf");
   CHECK(parse("--config /tmp/x.conf status")->config == "/tmp/x.conf");  // the flag wins

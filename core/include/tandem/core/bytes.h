@@ -41,6 +41,7 @@ class ByteReader {
       if (in_.empty()) return std::nullopt;
       auto b = static_cast<uint8_t>(in_[0]);
       in_.remove_prefix(1);
+      if (shift == 63 && b > 1) return std::nullopt;  // a 10th byte beyond bit 63: more than 64 bits
       v |= static_cast<uint64_t>(b & 0x7F) << shift;
       if (!(b & 0x80)) return v;
     }

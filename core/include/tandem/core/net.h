@@ -36,7 +36,10 @@ class Connection {
   virtual void send(std::string bytes) = 0;
   // Bytes queued but not yet written (for backpressure).
   virtual size_t queued_bytes() const = 0;
+  // Closes once the bytes queued so far are written (a peer that never reads keeps it open).
   virtual void close() = 0;
+  // Closes now, dropping bytes not yet written: for a peer that may have stopped reading.
+  virtual void abort() { close(); }
   virtual std::string peer() const = 0;
 };
 

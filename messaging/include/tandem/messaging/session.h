@@ -20,6 +20,11 @@ namespace tandem::messaging {
 
 inline constexpr size_t kMaxFrameBytes = 16 << 20;    // after authentication
 inline constexpr size_t kMaxHandshakeFrameBytes = 1024;
+// The handshake and frame format this build speaks. Both sides say it (the challenge, the Auth)
+// and the proofs cover it; a peer of another version is refused with both numbers named, so a
+// cluster of mixed builds says so instead of failing as a wrong secret. Builds before the
+// field existed read as 0. 2: the challenge names the server's node id.
+inline constexpr uint16_t kWireProtocol = 2;
 
 struct SessionOptions {
   std::string secret;
@@ -104,6 +109,8 @@ class Session : public std::enable_shared_from_this<Session> {
   SessionOptions opts_;
   bool client_;
   Phase phase_ = Phase::kHandshake;
+  bool heard_ = false;      // the peer has sent a byte
+  bool timed_out_ = false;  // the handshake timer closed it
   FrameReader reader_{kMaxHandshakeFrameBytes};
   std::string my_nonce_, peer_nonce_;
   std::string peer_role_;
