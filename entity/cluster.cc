@@ -1336,7 +1336,7 @@ std::string ClusterNode::metrics_text() {
   metric("tandem_busy_refusals_total", "counter", "Calls and deliveries refused at a backpressure cap.",
          static_cast<double>(s.busy));
   metric("tandem_connections_refused_total", "counter",
-         "Connections closed before they authenticated (wrong secret, malformed handshake, timeout).",
+         "Connections closed before they authenticated (wrong secret, malformed handshake, timeout; not port probes that send nothing).",
          static_cast<double>(messaging::Session::closed_before_auth()));
   // One histogram over the stages of a message (NodeStats::stages), in seconds; the buckets are
   // microseconds up to each power of two (2^k - 1).

@@ -380,14 +380,17 @@ void Session::fail(Status why) {
   for (auto& [id, fn] : calls) fn(gone, {});
   if (was == Phase::kHandshake && !client_) {
     // Anyone who can reach the port can cause this line: every such close is counted, but
-    // only so many are written.
-    g_closed_before_auth.fetch_add(1, std::memory_order_relaxed);
+    // only so many are written. A peer that hung up without a word is a port probe
+    // (tandem-cluster's readiness check, a health check): neither counted nor logged above debug.
     static log::Throttle throttle(20, 10'000);
-    if (!heard_ && !timed_out_)  // closed by the peer without a word: a port probe (tandem-cluster's, a health check)
+    if (!heard_ && !timed_out_) {
       log::debug("connection from {} closed before it sent anything: {}", conn_->peer(), why.message());
-    else if (int64_t unlogged = throttle.admit(); unlogged >= 0)
-      log::warn("closed connection from {} before authentication: {}{}", conn_->peer(), why.message(),
-                unlogged ? " (and " + std::to_string(unlogged) + " more such closes not logged)" : std::string());
+    } else {
+      g_closed_before_auth.fetch_add(1, std::memory_order_relaxed);
+      if (int64_t unlogged = throttle.admit(); unlogged >= 0)
+        log::warn("closed connection from {} before authentication: {}{}", conn_->peer(), why.message(),
+                  unlogged ? " (and " + std::to_string(unlogged) + " more such closes not logged)" : std::string());
+    }
   }
   if (was == Phase::kHandshake) {
     if (auto done = std::move(client_done_)) done(why.code() == Code::kInvalidArgument ? why : gone);

@@ -345,6 +345,22 @@ TEST_CASE("bad input at a node port (wrong secret, garbage, oversized and trunca
   size_t lines_flood = count_of(log, "before authentication") - lines_before;
   CHECK(lines_flood <= 45);
   CHECK(lines_flood >= 1);
+  // A port probe (connect, then hang up without a byte: tandem-cluster's readiness check) is
+  // neither a refusal nor a log line. The garbage connection after the probes is counted.
+  double refused_before = metric_of("tandem_connections_refused_total");
+  size_t lines_before_probes = count_of(read_file(c.dir.sub("c") + "/node-1.log"), "before authentication");
+  for (int i = 0; i < 5; ++i) {
+    std::promise<void> done;
+    net->connect({"127.0.0.1", static_cast<uint16_t>(c.port(1))},
+                 [&](tandem::Result<std::shared_ptr<tandem::net::Connection>> conn) {
+                   if (conn) (*conn)->close();
+                   done.set_value();
+                 });
+    REQUIRE(done.get_future().wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  }
+  CHECK(raw_send(*net, c.port(1), std::string("\x7F\xFF\xFF\xFF", 4))->closed_within(10'000));
+  CHECK(metric_of("tandem_connections_refused_total") == refused_before + 1);
+  CHECK(count_of(read_file(c.dir.sub("c") + "/node-1.log"), "before authentication") <= lines_before_probes + 1);
   // The metrics port: exact path, GET only, a read timeout and a cap on open connections.
   int mport = c.base + 101;
   auto answer = [&](const std::string& req) {
