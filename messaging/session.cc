@@ -145,6 +145,15 @@ void Session::start(std::function<void(Result<std::shared_ptr<Session>>)> client
 
 void Session::send_frame(std::string body) { conn_->send(frame(body)); }
 
+void Session::refuse(const std::string& why) {
+  // Said to the peer before the close, so that a client with the wrong secret (or build) stops
+  // and says why instead of retrying a connection that looks lost.
+  capnp::MallocMessageBuilder mb(kFrameWords);
+  mb.initRoot<schema::Frame>().setRefused(why);
+  send_frame(to_bytes(mb));
+  fail(Status::invalid_argument(why));
+}
+
 void Session::on_bytes(std::string_view bytes) {
   if (phase_ == Phase::kClosed) return;
   heard_ = true;
@@ -214,23 +223,12 @@ void Session::on_frame(const std::string& body) {
         auto a = f.getAuth();
         std::string role(a.getRole().cStr(), a.getRole().size());
         std::string nonce = str(a.getNonce());
-        if (a.getProtocol() != kWireProtocol) {
-          std::string why = "the peer speaks wire protocol " + std::to_string(a.getProtocol()) + ", this node speaks " +
-                            std::to_string(kWireProtocol) + " (every node and tool of a cluster must be the same build)";
-          capnp::MallocMessageBuilder mb(kFrameWords);
-          mb.initRoot<schema::Frame>().setRefused(why);
-          send_frame(to_bytes(mb));
-          return fail(Status::invalid_argument(why));
-        }
+        if (a.getProtocol() != kWireProtocol)
+          return refuse("the peer speaks wire protocol " + std::to_string(a.getProtocol()) + ", this node speaks " +
+                        std::to_string(kWireProtocol) + " (every node and tool of a cluster must be the same build)");
         if (nonce.size() != kNonceBytes || (role != "node" && role != "client" && role != "admin") ||
-            !crypto::equal(str(a.getMac()), client_proof(opts_.secret, my_nonce_, nonce, role, a.getNodeId()))) {
-          // Said to the peer before the close, so that a client with the wrong secret stops and
-          // says why instead of retrying a connection that looks lost.
-          capnp::MallocMessageBuilder mb(kFrameWords);
-          mb.initRoot<schema::Frame>().setRefused("wrong cluster secret or malformed handshake");
-          send_frame(to_bytes(mb));
-          return fail(Status::invalid_argument("wrong cluster secret or malformed handshake"));
-        }
+            !crypto::equal(str(a.getMac()), client_proof(opts_.secret, my_nonce_, nonce, role, a.getNodeId())))
+          return refuse("wrong cluster secret or malformed handshake");
         peer_role_ = role;
         peer_node_ = a.getNodeId();
         capnp::MallocMessageBuilder mb(kFrameWords);

@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cstdlib>
 #include <map>
+#include <set>
 #include <string_view>
 
 #include <tandem/core/bytes.h>
@@ -50,17 +51,18 @@ const char* const kNodeId = "NODE must be a node id";
 
 Result<Command> parse_command(int argc, char** argv) {
   Command c;
+  const std::set<std::string> with_value = {"config", "node"};
   // -h in place of the command (flags may come before it), never as an argument's value.
   for (int i = 1; i < argc; ++i) {
-    std::string_view a(argv[i]);
+    std::string a(argv[i]);
     if (a == "-h") {
       c.help = true;
       return c;
     }
-    if (a == "--config" || a == "--node") ++i;  // their value is next
-    else if (a.substr(0, 2) != "--") break;     // the command: the rest are its arguments
+    if (a.rfind("--", 0) != 0) break;  // the command: the rest are its arguments
+    if (with_value.count(a.substr(2))) ++i;  // its value is next
   }
-  auto f = Flags::parse(argc, argv, 1, {"config", "node"}, {"json", "help", "dry-run"});
+  auto f = Flags::parse(argc, argv, 1, with_value, {"json", "help", "dry-run"});
   if (!f) return f.status();
   auto& pos = f->positional();
   if (f->has("help") || (!pos.empty() && pos[0] == "help")) {

@@ -163,6 +163,15 @@ std::unique_ptr<RawPeer> dial(net::Network& net, uint16_t port) {
   return peer;
 }
 
+// A real client's handshake with the server at `port`: the session, or why it failed.
+Result<std::shared_ptr<Session>> handshake(net::Network& net, uint16_t port, SessionOptions o) {
+  std::promise<Result<std::shared_ptr<Session>>> r;
+  Session::connect(net, {"127.0.0.1", port}, std::move(o), {}, [&](Result<std::shared_ptr<Session>> s) { r.set_value(s); });
+  auto f = r.get_future();
+  REQUIRE(f.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  return f.get();
+}
+
 struct Case {
   const char* name;
   std::function<void(RawPeer&)> attack;
@@ -295,12 +304,7 @@ TEST_CASE("handshake: a client refuses a server that cannot prove the secret") {
     o.secret = kSecret;
     o.role = "client";
     o.handshake_timeout_ms = 1000;
-    std::promise<Result<std::shared_ptr<Session>>> r;
-    Session::connect(*net, {"127.0.0.1", *port}, o, {}, [&](Result<std::shared_ptr<Session>> s) { r.set_value(s); });
-    auto f = r.get_future();
-    REQUIRE(f.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
-    auto s = f.get();
-    CHECK_FALSE(s.is_ok());
+    CHECK_FALSE(handshake(*net, *port, o).is_ok());
     fake->stop();
   }
   net->stop();
@@ -324,11 +328,7 @@ Result<std::shared_ptr<Session>> connect_to_fake(uint32_t node, uint16_t protoco
   o.role = "admin";
   o.expect_node = expect_node;
   o.handshake_timeout_ms = 1000;
-  std::promise<Result<std::shared_ptr<Session>>> r;
-  Session::connect(*net, {"127.0.0.1", *port}, o, {}, [&](Result<std::shared_ptr<Session>> s) { r.set_value(s); });
-  auto f = r.get_future();
-  REQUIRE(f.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
-  auto s = f.get();
+  auto s = handshake(*net, *port, o);
   // A refused server never hears the client's proof.
   if (!s.is_ok() && s.status().message().find("timed out") == std::string::npos) CHECK(auths.load() == 0);
   net->stop();
@@ -363,11 +363,7 @@ TEST_CASE("handshake: many idle unauthenticated connections are closed at the ti
   SessionOptions o;
   o.secret = kSecret;
   o.role = "client";
-  std::promise<Result<std::shared_ptr<Session>>> r;
-  Session::connect(*net, {"127.0.0.1", server.port}, o, {}, [&](Result<std::shared_ptr<Session>> s) { r.set_value(s); });
-  auto f = r.get_future();
-  REQUIRE(f.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
-  CHECK(f.get().is_ok());
+  CHECK(handshake(*net, server.port, o).is_ok());
   int closed = 0;
   for (auto& p : idle) closed += p->wait_closed(5000);
   CHECK(closed == 200);

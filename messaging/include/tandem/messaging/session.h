@@ -102,6 +102,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_bytes(std::string_view bytes);
   void on_frame(const std::string& body);
   void fail(Status why);
+  // Server, before authentication: tells the peer why (a refused frame), then closes.
+  void refuse(const std::string& why);
   void send_frame(std::string body);
 
   net::Network& net_;
