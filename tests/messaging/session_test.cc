@@ -1,8 +1,12 @@
 #include <tandem/messaging/session.h>
 
+#include <algorithm>
 #include <atomic>
 #include <doctest/doctest.h>
 #include <future>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+#include <thread>
 
 #include "test_util.h"
 
@@ -117,6 +121,45 @@ TEST_CASE("garbage, an oversized frame and a silent client are disconnected with
   CHECK(server.delivered == 0);
   CHECK(server.requests == 0);
   client_net->stop();
+}
+
+TEST_CASE("an HTTP request on the node port is named as one, also when its first bytes come alone") {
+  // The server's reasons for closing go to the log: read them from a sink on the default
+  // logger. (Such lines are throttled per process, 20 per 10 s: ctest runs each case alone.)
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(32);
+  spdlog::default_logger()->sinks().push_back(sink);
+  auto http_lines = [&] {
+    size_t n = 0;
+    for (auto& line : sink->last_formatted()) n += line.find("an HTTP request on the node port") != std::string::npos;
+    return n;
+  };
+  Server server("k");
+  auto client_net = net::make_real_network();
+  const std::vector<std::pair<std::string, std::string>> split = {
+      {"G", "ET /metrics HTTP/1.1\r\n\r\n"}, {"GE", "T / HTTP/1.0\r\n\r\n"}, {"GET", " /metrics HTTP/1.1\r\n\r\n"},
+      {"POS", "T /metrics HTTP/1.1\r\n\r\n"}, {"HEAD", " / HTTP/1.1\r\n\r\n"}};
+  for (size_t i = 0; i < split.size(); ++i) {
+    auto& [first, rest] = split[i];
+    CAPTURE(first);
+    std::promise<Status> closed;
+    auto f = closed.get_future();
+    std::promise<std::shared_ptr<net::Connection>> connected;
+    client_net->connect({"127.0.0.1", server.port}, [&](Result<std::shared_ptr<net::Connection>> c) {
+      REQUIRE(c.is_ok());
+      (*c)->start([](std::string_view) {}, [&](Status s) { closed.set_value(s); });
+      (*c)->send(first);
+      connected.set_value(*c);
+    });
+    auto conn = connected.get_future().get();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the server reads the first bytes alone
+    conn->send(rest);
+    REQUIRE(f.wait_for(std::chrono::seconds(5)) == std::future_status::ready);  // the server closed it
+    CHECK(testing::wait_until([&] { return http_lines() == i + 1; }, std::chrono::seconds(5)));
+  }
+  CHECK(server.ready == 0);
+  client_net->stop();
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
 }
 
 TEST_CASE("a lost connection fails every pending ack, so the relay resends") {

@@ -113,6 +113,7 @@ class Session : public std::enable_shared_from_this<Session> {
   Phase phase_ = Phase::kHandshake;
   bool heard_ = false;      // the peer has sent a byte
   bool timed_out_ = false;  // the handshake timer closed it
+  std::string head_;        // a server's first bytes heard, however they were split (HTTP is told apart by them)
   FrameReader reader_{kMaxHandshakeFrameBytes};
   std::string my_nonce_, peer_nonce_;
   std::string peer_role_;
