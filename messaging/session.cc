@@ -4,7 +4,6 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
-#include <algorithm>
 #include <atomic>
 
 #include <tandem/core/crypto.h>
@@ -158,16 +157,12 @@ void Session::refuse(const std::string& why) {
 void Session::on_bytes(std::string_view bytes) {
   if (phase_ == Phase::kClosed) return;
   heard_ = true;
-  constexpr size_t kHead = 5;  // the longest verb below
-  if (phase_ == Phase::kHandshake && !client_ && head_.size() < kHead)
-    head_.append(bytes.substr(0, kHead - head_.size()));
   if (auto s = reader_.feed(bytes); !s) {
-    // The commonest stranger on a node port: a browser or curl that meant the metrics port.
-    // The frame reader gives up once it holds a length prefix (4 bytes), so `head_` has at
-    // least 4 bytes here, however the request was split.
+    // The commonest stranger on a node port: a browser or curl that meant the metrics port. Its
+    // first four bytes, however they were split, are the length prefix the reader refused.
     if (phase_ == Phase::kHandshake && !client_)
-      for (std::string_view verb : {"GET ", "POST ", "HEAD ", "PUT "})
-        if (size_t n = std::min(head_.size(), verb.size()); n >= 4 && std::string_view(head_).substr(0, n) == verb.substr(0, n))
+      for (std::string_view verb : {"GET ", "POST", "HEAD", "PUT "})
+        if (reader_.prefix() == verb)
           return fail(Status::invalid_argument("an HTTP request on the node port (metrics are on the node's admin port)"));
     return fail(s);
   }

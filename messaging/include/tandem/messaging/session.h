@@ -81,6 +81,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::optional<std::string> next();
     // Bytes received that make no whole frame yet.
     size_t partial() const { return buf_.size() - pos_; }
+    // The next frame's 4-byte length prefix as received (fewer bytes if not all have come).
+    std::string_view prefix() const { return std::string_view(buf_).substr(pos_, 4); }
 
    private:
     size_t max_;
@@ -113,7 +115,6 @@ class Session : public std::enable_shared_from_this<Session> {
   Phase phase_ = Phase::kHandshake;
   bool heard_ = false;      // the peer has sent a byte
   bool timed_out_ = false;  // the handshake timer closed it
-  std::string head_;        // a server's first bytes heard, however they were split (HTTP is told apart by them)
   FrameReader reader_{kMaxHandshakeFrameBytes};
   std::string my_nonce_, peer_nonce_;
   std::string peer_role_;
