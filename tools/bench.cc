@@ -29,6 +29,8 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #include <tandem/core/bytes.h>
 #include <tandem/core/env.h>
 #include <tandem/core/histogram.h>
@@ -422,12 +424,53 @@ void print_slow_windows(const std::string& tag, std::vector<std::pair<double, do
   std::printf("\n");
 }
 
+// The whole machine's CPU time and context switches so far (/proc/stat), to tell how busy a
+// phase kept the cores the nodes and this client share.
+struct MachineCpu {
+  double busy_s = 0, all_s = 0, switches = 0;
+  bool ok = false;
+};
+MachineCpu machine_cpu() {
+  MachineCpu m;
+  std::ifstream in("/proc/stat");
+  std::string word;
+  double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  while (in >> word) {
+    if (word == "cpu") {
+      // user nice system idle iowait irq softirq steal (guest time is inside user)
+      double v[8] = {};
+      for (double& x : v) in >> x;
+      for (double x : v) m.all_s += x / tick;
+      m.busy_s = m.all_s - (v[3] + v[4]) / tick;
+      m.ok = true;
+    } else if (word == "ctxt") {
+      in >> m.switches;
+    }
+    std::getline(in, word);
+  }
+  return m;
+}
+struct PhaseCpu {
+  double busy = 0;          // fraction of all cores busy
+  double us_per_call = 0;   // machine CPU per completed call
+  double switches_per_call = 0;
+};
+PhaseCpu phase_cpu(const MachineCpu& a, const MachineCpu& b, double calls) {
+  PhaseCpu p;
+  if (!a.ok || !b.ok || b.all_s <= a.all_s || calls <= 0) return p;
+  p.busy = (b.busy_s - a.busy_s) / (b.all_s - a.all_s);
+  p.us_per_call = (b.busy_s - a.busy_s) * 1e6 / calls;
+  p.switches_per_call = (b.switches - a.switches) / calls;
+  return p;
+}
+
 // Closed loop at `concurrency` for `seconds`, then open loop at half the rate reached.
 struct LoadResult {
   double max_per_s = 0;
   double rate = 0;
   Percentiles lat_ms;
   uint64_t errors = 0;
+  PhaseCpu at_max, at_rate;  // the machine during the closed and the open loop
 };
 LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to, const std::vector<std::string>& targets,
                 const std::string& tag, double seconds, double load_fraction, const std::string& trace_prefix,
@@ -460,6 +503,7 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
   // Closed loop: one call outstanding per target entity (an entity holds one pending token).
   size_t conc = to.size();
   double t0 = now_s();
+  MachineCpu cpu0 = machine_cpu();
   {
     std::unique_lock lock(mu);
     size_t slot = 0;
@@ -473,6 +517,7 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
       cv.wait_for(lock, std::chrono::milliseconds(10));
     }
     r.max_per_s = static_cast<double>(completed) / (now_s() - t0);
+    r.at_max = phase_cpu(cpu0, machine_cpu(), static_cast<double>(completed));
     cv.wait_for(lock, std::chrono::seconds(30), [&] { return outstanding == 0; });
   }
   // Open loop at a fraction (default half) of the maximum rate; slots rotate so no entity has two calls pending
@@ -481,6 +526,8 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
   if (around_open_loop) around_open_loop(true);
   double interval = 1.0 / r.rate;
   double start = now_s(), next = start;
+  MachineCpu cpu1 = machine_cpu();
+  uint64_t fired = 0;
   size_t slot = 0;
   while (now_s() - start < seconds) {
     // One sleep per call (a loop of short sleeps woke this thread several times per call, CPU
@@ -493,8 +540,10 @@ LoadResult load(tandem::entity::Client& client, const std::vector<EntityRef>& to
       ++outstanding;
     }
     fire(slot++ % conc, true);
+    ++fired;
     next += interval;
   }
+  r.at_rate = phase_cpu(cpu1, machine_cpu(), static_cast<double>(fired));
   {
     std::unique_lock lock(mu);
     cv.wait_for(lock, std::chrono::seconds(30), [&] { return outstanding == 0; });
@@ -610,11 +659,19 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
         std::printf("\n");
       }
     };
+    // The whole machine (both nodes, their background threads and this client) in each phase.
+    auto print_cpu = [](const char* kind, const LoadResult& r) {
+      std::printf("CPU %s (whole machine) closed loop: busy=%.0f%% cpu_us_per_call=%.0f switches_per_call=%.1f; "
+                  "open loop: busy=%.0f%% cpu_us_per_call=%.0f switches_per_call=%.1f\n",
+                  kind, r.at_max.busy * 100, r.at_max.us_per_call, r.at_max.switches_per_call, r.at_rate.busy * 100,
+                  r.at_rate.us_per_call, r.at_rate.switches_per_call);
+    };
     std::map<uint32_t, Stages> before_ce, after_ce;
     auto a = load(c, on1, {}, "ce", seconds, opts.load, opts.trace, [&](bool starts) { stages(starts ? before_ce : after_ce); });
     std::printf("RESULT bench=request_reply kind=client_to_entity durability=%s max_per_s=%.0f at_per_s=%.0f "
                 "p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
                 durability.c_str(), a.max_per_s, a.rate, a.lat_ms.p50, a.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(a.errors));
+    print_cpu("client_to_entity", a);
     print_stages("client_to_entity", before_ce, after_ce);
     std::fflush(stdout);
     // Where the time goes on each node during the open loop: stage histograms read before and after.
@@ -622,6 +679,7 @@ int bench_cluster(const std::string& self_bin, double seconds, const Opts& opts,
     std::printf("RESULT bench=request_reply kind=entity_to_entity_cross_node durability=%s max_per_s=%.0f "
                 "at_per_s=%.0f p50_ms=%.2f p99_ms=%.2f loopback_rtt_p50_ms=%.3f errors=%llu\n",
                 durability.c_str(), b.max_per_s, b.rate, b.lat_ms.p50, b.lat_ms.p99, rtt.p50 / 1000, static_cast<unsigned long long>(b.errors));
+    print_cpu("entity_to_entity", b);
     print_stages("entity_to_entity", before, after);
     std::fflush(stdout);
     client = tandem::Status::ok();
