@@ -437,11 +437,12 @@ MachineCpu machine_cpu() {
   double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
   while (in >> word) {
     if (word == "cpu") {
-      // user nice system idle iowait irq softirq steal (guest time is inside user)
+      // user nice system idle iowait irq softirq steal (guest time is inside user); time
+      // stolen by the host counts in the whole, not as busy
       double v[8] = {};
       for (double& x : v) in >> x;
       for (double x : v) m.all_s += x / tick;
-      m.busy_s = m.all_s - (v[3] + v[4]) / tick;
+      m.busy_s = (v[0] + v[1] + v[2] + v[5] + v[6]) / tick;
       m.ok = true;
     } else if (word == "ctxt") {
       in >> m.switches;
