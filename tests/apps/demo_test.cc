@@ -151,6 +151,38 @@ TEST_CASE("a second run on the same data with the same order prefix is told why 
   check_ok(run_demo(with(base, {"--orders", "200", "--order-prefix", "second-"}), "", dir.sub("log")));
 }
 
+TEST_CASE("the counts in RESULT are the run's answers: a rerun gets the same, refused orders count in neither") {
+  tandem::testing::TempDir dir("counts");
+  const std::vector<std::string> base{"--items", "50", "--stock", "20", "--durability", "relaxed", "--data",
+                                      dir.sub("data"), "--orders", "300"};
+  auto field = [](const std::string& line, const std::string& name) -> uint64_t {
+    auto at = line.find(" " + name + "=");
+    REQUIRE(at != std::string::npos);
+    return std::stoull(line.substr(at + name.size() + 2));
+  };
+  auto first = run_demo(base, "", dir.sub("log"));
+  check_ok(first);
+  uint64_t confirmed = field(first.result_line(), "confirmed"), cancelled = field(first.result_line(), "cancelled");
+  CHECK(confirmed + cancelled == 300);
+  CHECK(cancelled > 0);  // 20 units of 50 items do not serve 300 orders
+  // The same orders again (same prefix, same seed): each is answered from its stored reply.
+  auto again = run_demo(base, "", dir.sub("log"));
+  check_ok(again);
+  CHECK(field(again.result_line(), "confirmed") == confirmed);
+  CHECK(field(again.result_line(), "cancelled") == cancelled);
+  // Other orders under the same names (another seed): refused, and counted as neither.
+  auto other = run_demo(with(base, {"--seed", "7"}), "", dir.sub("log"));
+  CHECK(other.exit_code == 1);
+  auto line = other.result_line();
+  INFO(line);
+  auto at = line.find("invariant=FAILED:");
+  REQUIRE(at != std::string::npos);
+  uint64_t refused = std::stoull(line.substr(at + 17));
+  CHECK(line.find(" orders refused, first: ") != std::string::npos);
+  CHECK(refused > 0);
+  CHECK(field(line, "confirmed") + field(line, "cancelled") + refused == 300);
+}
+
 TEST_CASE("the demo with every delivery duplicated 3 times and reordered keeps the invariant") {
   tandem::testing::TempDir dir("dup");
   auto r = run_demo(with(kSmall, {"--data", dir.sub("data"), "--no-inline", "--duplicate", "1", "--delay", "0.5",
