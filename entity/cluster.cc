@@ -30,6 +30,9 @@ constexpr std::string_view kMapKey = "partition-map";
 constexpr std::string_view kFrozenPrefix = "frozen/";
 std::string frozen_key(uint32_t pid) { return std::string(kFrozenPrefix) + std::to_string(pid); }
 constexpr int64_t kReconnectBackoffMs = 200;
+// While a peer stays unreachable (retried every kReconnectBackoffMs as long as messages wait
+// for it), the first failure is a warning and later ones are summed up at most this often.
+constexpr int64_t kUnreachableLogEveryMs = 30'000;
 }  // namespace
 
 // Carries envelopes to the nodes that own their receivers: one session per peer, connected on
@@ -109,6 +112,9 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
     std::shared_ptr<Session> session;
     bool connecting = false;
     int64_t failed_at_ms = -1'000'000;
+    int64_t failures = 0;            // failed connects in a row
+    int64_t failures_logged = 0;     // of them, the count at the last log line
+    int64_t logged_at_ms = 0;        // when that line was written
     std::vector<Use> waiting;
   };
 
@@ -159,17 +165,42 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
     };
     Session::connect(*node_.net_, addr, o, h, [this, id](Result<std::shared_ptr<Session>> r) {
       std::vector<Use> waiting;
+      int64_t failures = 0, unlogged = 0;
+      bool log_now = false;
       {
         std::lock_guard lock(mu_);
         auto& peer = peers_[id];
         peer.connecting = false;
         waiting.swap(peer.waiting);
-        if (r)
+        int64_t now = node_.env_.clock().now_us() / 1000;
+        if (r) {
           peer.session = *r;
-        else
-          peer.failed_at_ms = node_.env_.clock().now_us() / 1000;
+          failures = peer.failures;
+          peer.failures = peer.failures_logged = 0;
+        } else {
+          peer.failed_at_ms = now;
+          failures = ++peer.failures;
+          log_now = failures == 1 || now - peer.logged_at_ms >= kUnreachableLogEveryMs;
+          if (log_now) {
+            unlogged = failures - peer.failures_logged - 1;
+            peer.failures_logged = failures;
+            peer.logged_at_ms = now;
+          }
+        }
       }
-      if (!r) log::warn("node {}: cannot reach node {}: {}", node_.self_.id, id, r.status().message());
+      if (!r && log_now) {
+        if (failures == 1)
+          log::warn("node {}: cannot reach node {}: {} (retrying while messages wait for it; further failures are "
+                    "summed up every {} s)",
+                    node_.self_.id, id, r.status().message(), kUnreachableLogEveryMs / 1000);
+        else
+          log::warn("node {}: still cannot reach node {} ({} failed connects in a row, {} since the last line): {}",
+                    node_.self_.id, id, failures, unlogged + 1, r.status().message());
+      } else if (!r) {
+        log::debug("node {}: cannot reach node {}: {}", node_.self_.id, id, r.status().message());
+      } else if (failures > 0) {
+        log::info("node {}: reached node {} again after {} failed connects", node_.self_.id, id, failures);
+      }
       for (auto& w : waiting) w(r);
     });
   }

@@ -887,6 +887,35 @@ TEST_CASE("a controller stops on SIGTERM at once while a committed move waits fo
   check_demo_again(c, drive, "--orders 500 --items 100 --order-prefix after-");
 }
 
+TEST_CASE("a peer that stays down is logged once and summed up, not at every retry, and its return is logged") {
+  Cluster c;
+  std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 300 --items 100";
+  require_drive(drive);
+  // Node 2 dies when asked to adopt partition 1; node 1, the controller, has committed the move
+  // and asks node 2 again and again (a connect every 200 ms) while it is down.
+  REQUIRE(sh("TANDEM_CRASH_AT=move:adopt " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 2").code == 0);
+  auto mv = std::async(std::launch::async, [&] { return sh(c.ctl + "move 1 2"); });
+  REQUIRE(tandem::testing::wait_until([&] { return node_stopped(c, 2); }));
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  auto log = read_file(c.dir.sub("c") + "/node-1.log");
+  INFO(log.substr(log.size() > 3000 ? log.size() - 3000 : 0));
+  size_t lines = count_of(log, "cannot reach node 2");
+  CHECK(lines >= 1);
+  CHECK(lines <= 2);  // the first failure, and at most one sum-up line
+  CHECK(log.find("further failures are summed up every 30 s") != std::string::npos);
+  REQUIRE(c.launcher("restart 2").code == 0);
+  mv.get();
+  REQUIRE(tandem::testing::wait_until([&] {
+    return sh(c.ctl + "partitions").text.find("\n1    order      slots 0..42              2") != std::string::npos;
+  }));
+  REQUIRE(tandem::testing::wait_until(
+      [&] { return read_file(c.dir.sub("c") + "/node-1.log").find("reached node 2 again after") != std::string::npos; }));
+  // A drive after the move: nothing lost, and its RESULT counts the moves made during it only.
+  auto after = sh(drive + " --order-prefix after-");
+  check_demo_ok(after);
+  CHECK(after.text.find(" moves=0 splits=0 epoch=2 ") != std::string::npos);
+}
+
 TEST_CASE("a target that died after ingesting a move does not arm the timers of the partition on restart") {
   // Orders of partition 1 (node 1) wait on an item of node 3, which is paused, so each holds a
   // live escrow deadline timer. Node 2 receives partition 1 in a move and dies after ingesting
