@@ -271,6 +271,8 @@ int main(int argc, char** argv) {
     });
     if (json) std::printf("]\n");
     else if (total == 0 && !failed) std::printf("no parked messages\n");
+    else if (total == 0 && static_cast<size_t>(failed) < nodes.size())
+      std::printf("no parked messages on the %zu of %zu nodes that answered\n", nodes.size() - failed, nodes.size());
     return failed ? 1 : 0;
   }
 

@@ -903,6 +903,12 @@ TEST_CASE("a peer that stays down is logged once and summed up, not at every ret
   CHECK(lines >= 1);
   CHECK(lines <= 2);  // the first failure, and at most one sum-up line
   CHECK(log.find("further failures are summed up every 30 s") != std::string::npos);
+  // tandemctl parked with node 2 down: the error for node 2, and what the others said.
+  auto parked = sh(c.ctl + "parked");
+  INFO(parked.text);
+  CHECK(parked.code == 1);
+  CHECK(parked.text.find("tandemctl: node 2: ") != std::string::npos);
+  CHECK(parked.text.find("no parked messages on the 2 of 3 nodes that answered") != std::string::npos);
   REQUIRE(c.launcher("restart 2").code == 0);
   mv.get();
   REQUIRE(tandem::testing::wait_until([&] {
