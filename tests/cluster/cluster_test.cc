@@ -858,16 +858,23 @@ TEST_CASE("the target killed at each step of a move: exactly one owner, nothing 
   MESSAGE("CRASH move steps (target) points=3 kills=3 recovered=3");
 }
 
+// Node 2 is restarted to die when asked to adopt a partition, and `move 1 2` is started: node 1,
+// the controller, commits the move and then asks node 2 again (for up to 15 s) while it is down.
+// Returns once node 2 has died; the future is the move command's outcome.
+std::future<Out> move_to_a_target_that_dies(Cluster& c) {
+  REQUIRE(sh("TANDEM_CRASH_AT=move:adopt " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 2").code == 0);
+  auto mv = std::async(std::launch::async, [&c] { return sh(c.ctl + "move 1 2"); });
+  REQUIRE(tandem::testing::wait_until([&] { return node_stopped(c, 2); }));
+  return mv;
+}
+
 TEST_CASE("a controller stops on SIGTERM at once while a committed move waits for its dead target") {
   Cluster c;
   std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 500 --items 100";
   require_drive(drive);
-  // Node 2 dies when asked to adopt partition 1; node 1, the controller, has committed the move
-  // by then and asks again for up to 15 s. A SIGTERM meanwhile must not wait that out (the
-  // launcher's `down` kills a node that takes over 10 s).
-  REQUIRE(sh("TANDEM_CRASH_AT=move:adopt " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 2").code == 0);
-  auto mv = std::async(std::launch::async, [&] { return sh(c.ctl + "move 1 2"); });
-  REQUIRE(tandem::testing::wait_until([&] { return node_stopped(c, 2); }));
+  // The controller asks the dead target again for up to 15 s. A SIGTERM meanwhile must not wait
+  // that out (the launcher's `down` kills a node that takes over 10 s).
+  auto mv = move_to_a_target_that_dies(c);
   auto t0 = std::chrono::steady_clock::now();
   REQUIRE(sh("kill -TERM $(cat " + c.dir.sub("c") + "/node-1.pid)").code == 0);
   REQUIRE(tandem::testing::wait_until([&] { return node_stopped(c, 1); }, std::chrono::seconds(30)));
@@ -891,11 +898,8 @@ TEST_CASE("a peer that stays down is logged once and summed up, not at every ret
   Cluster c;
   std::string drive = std::string(TANDEM_RESERVATION_BIN) + " drive --quiet --config " + c.conf + " --orders 300 --items 100";
   require_drive(drive);
-  // Node 2 dies when asked to adopt partition 1; node 1, the controller, has committed the move
-  // and asks node 2 again and again (a connect every 200 ms) while it is down.
-  REQUIRE(sh("TANDEM_CRASH_AT=move:adopt " + c.env + TANDEM_CLUSTER_SCRIPT + " restart 2").code == 0);
-  auto mv = std::async(std::launch::async, [&] { return sh(c.ctl + "move 1 2"); });
-  REQUIRE(tandem::testing::wait_until([&] { return node_stopped(c, 2); }));
+  // The controller asks the dead target again and again: a connect every 200 ms.
+  auto mv = move_to_a_target_that_dies(c);
   std::this_thread::sleep_for(std::chrono::seconds(4));
   auto log = read_file(c.dir.sub("c") + "/node-1.log");
   INFO(log.substr(log.size() > 3000 ? log.size() - 3000 : 0));
