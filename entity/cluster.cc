@@ -112,9 +112,8 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
     std::shared_ptr<Session> session;
     bool connecting = false;
     int64_t failed_at_ms = -1'000'000;
-    int64_t failures = 0;            // failed connects in a row
-    int64_t failures_logged = 0;     // of them, the count at the last log line
-    int64_t logged_at_ms = 0;        // when that line was written
+    int64_t failures = 0;                   // failed connects in a row
+    std::unique_ptr<log::Throttle> outage;  // the log lines of this run of failures
     std::vector<Use> waiting;
   };
 
@@ -176,16 +175,13 @@ class ClusterNode::PeerTransport final : public messaging::Transport {
         if (r) {
           peer.session = *r;
           failures = peer.failures;
-          peer.failures = peer.failures_logged = 0;
+          peer.failures = 0;
         } else {
           peer.failed_at_ms = now;
           failures = ++peer.failures;
-          log_now = failures == 1 || now - peer.logged_at_ms >= kUnreachableLogEveryMs;
-          if (log_now) {
-            unlogged = failures - peer.failures_logged - 1;
-            peer.failures_logged = failures;
-            peer.logged_at_ms = now;
-          }
+          if (failures == 1) peer.outage = std::make_unique<log::Throttle>(1, kUnreachableLogEveryMs);
+          unlogged = peer.outage->admit_at(now);
+          log_now = unlogged >= 0;
         }
       }
       if (!r && log_now) {

@@ -26,7 +26,7 @@ class Throttle {
 
   // -1: do not log this one. Otherwise log it, with this many earlier ones not logged.
   int64_t admit();
-  // The same, at a given time (milliseconds on any steady clock): for tests.
+  // The same, at a given time (milliseconds on any steady clock: an Env's, a test's).
   int64_t admit_at(int64_t now_ms);
 
  private:
