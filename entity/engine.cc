@@ -251,6 +251,9 @@ void Engine::stop() {
   // stop the loop. Messages still queued stay durable in their senders' outboxes; client
   // calls still waiting are answered `unavailable` and the client retries.
   while (run_on<int>(env_, *exec_, [this] {
+    // Deletes of acknowledged rows that wait for a group are written, so that a clean restart
+    // does not send those rows again.
+    if (!stopped_ && lazy_writes_ > 0 && inflight_commits_ == 0 && !group_wanted()) seal_and_commit();
     stopped_ = true;
     return inflight_commits_;
   }) > 0)
@@ -415,8 +418,26 @@ void Engine::step() {
     if (open_.transitions >= kEagerSeal && inflight_commits_ < 2) seal_and_commit();
   }
   c_.ready = ready_.size();
-  if (inflight_commits_ == 0 && (view_->open_writes() > 0 || !open_.empty())) seal_and_commit();
+  if (inflight_commits_ == 0 && group_wanted()) seal_and_commit();
+  if (lazy_writes_ > 0) arm_linger();
   if (!ready_.empty() && open_.transitions < opts_.max_batch) schedule_step();
+}
+
+// Writes the deletes of acknowledged rows that no other group took along, once they waited
+// ack_delete_linger_ms (or at once when as many wait as a group may hold transitions).
+void Engine::arm_linger() {
+  if (linger_armed_) return;
+  if (lazy_writes_ >= opts_.max_batch) {
+    if (inflight_commits_ == 0) seal_and_commit();
+    return;
+  }
+  linger_armed_ = true;
+  exec_->post_after(std::chrono::milliseconds(opts_.ack_delete_linger_ms), [this] {
+    linger_armed_ = false;
+    if (stopped_ || lazy_writes_ == 0) return;
+    if (inflight_commits_ == 0) return seal_and_commit();
+    arm_linger();  // a commit is in flight: the group after it takes them, or the next round
+  });
 }
 
 void Engine::process(Work& w) {
@@ -672,6 +693,7 @@ void Engine::seal_and_commit() {
   }
   if (!spill.empty()) view_->apply(std::move(spill));
   auto sealed = view_->seal();
+  lazy_writes_ = 0;
   size_t n = open_.transitions;
   uint64_t mx = c_.max_per_commit.load();
   if (n > mx) c_.max_per_commit = n;
@@ -696,7 +718,7 @@ void Engine::seal_and_commit() {
     return;
   }
   auto batch = std::make_shared<partition::WriteBatch>(std::move(sealed.batch));
-  commit_exec_->post([this, batch, group = sealed.group, started, touched = std::move(touched)] {
+  commit_exec_->post([this, batch, group = sealed.group, started, touched = std::move(touched)]() mutable {
     check_fence(touched);
     TANDEM_CRASH_POINT("commit:before_write");
     auto s = store_->write(*batch);
@@ -707,7 +729,11 @@ void Engine::seal_and_commit() {
     }
     TANDEM_CRASH_POINT("commit:after_write");
     int64_t written = env_.clock().now_us();
-    exec_->post([this, group, started, written] { on_committed(group, started, written); });
+    // The batch and the entity list go back to be freed where they were built: they came from
+    // the engine thread's malloc arena, and frees from this thread contend for its lock.
+    exec_->post([this, group, started, written, batch = std::move(batch), touched = std::move(touched)] {
+      on_committed(group, started, written);
+    });
   });
 }
 
@@ -758,6 +784,11 @@ void Engine::on_relay_acked(const std::string& row_key) {
   txn.del(Cf::kOutbox, row_key);
   view_->apply(std::move(txn));
   c_.outbox_depth = relay_->depth();
+  if (opts_.ack_delete_linger_ms > 0) {
+    lazy_writes_++;
+    arm_linger();
+    return;
+  }
   schedule_step();
 }
 

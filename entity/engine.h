@@ -12,7 +12,8 @@
 //   -> otherwise (group full at seal, inline off, remote receiver) it is written as an outbox
 //      row in the sender's transition; after the commit the relay delivers it through the
 //      transport; the receiver dedups it against its activity record, runs it, commits, acks;
-//      the ack deletes the row in a later group.
+//      the ack deletes the row in a later group (one that commits anyway: a delete alone starts
+//      no commit until NodeOptions::ack_delete_linger_ms has passed).
 #pragma once
 
 #include <atomic>
@@ -214,6 +215,12 @@ class Engine final : public messaging::Inbound {
   std::unordered_map<uint64_t, Actions> committing_;
   int inflight_commits_ = 0;
   bool step_scheduled_ = false;
+  // Deletes of acknowledged outbox rows in the open group (see NodeOptions::ack_delete_linger_ms):
+  // alone they do not seal it; the linger timer does.
+  size_t lazy_writes_ = 0;
+  bool linger_armed_ = false;
+  bool group_wanted() const { return !open_.empty() || view_->open_writes() > lazy_writes_; }
+  void arm_linger();
   bool stopped_ = false;
   std::unordered_map<std::string, int> attempts_;
   uint64_t timer_ids_ = 0;

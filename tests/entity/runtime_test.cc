@@ -20,6 +20,13 @@ int64_t total_of(const tandem::entity::ClientReply& r) {
   Payload p(r.payload);
   return p.get<Total>().getValue();
 }
+// Adds n to counter "a", which forwards it to counter "b"; returns a's total.
+int64_t add_forwarded(NodeFixture& f, int64_t n, const std::string& idem) {
+  return total_of(f.call<Add>({"counter", "a"}, idem, [n](Add::Builder b) {
+    b.setN(n);
+    b.setForwardTo("b");
+  }));
+}
 }  // namespace
 
 TEST_CASE_FIXTURE(NodeFixture, "a client request is applied and answered, and a chained message reaches its entity") {
@@ -355,4 +362,47 @@ TEST_CASE_FIXTURE(NodeFixture, "a compaction drops the client replies a node wro
   start();  // the node reads the same state back; the fresh reply still answers its retry
   CHECK(counter("r") == 6);
   CHECK(total_of(call<Add>({"counter", "r"}, "fresh", [](Add::Builder b) { b.setN(1); })) == 6);
+}
+
+TEST_CASE_FIXTURE(NodeFixture, "an acknowledged outbox row's delete waits for the next group instead of a commit of its own") {
+  opts.inline_local = false;           // the forwarded message goes through an outbox row
+  opts.ack_delete_linger_ms = 60'000;  // longer than the test: only other groups write the delete
+  start();
+  CHECK(add_forwarded(*this, 5, "k1") == 5);
+  REQUIRE(tandem::testing::wait_until([&] { return counter("b") == 5 && node->stats().outbox_depth == 0; }));
+  uint64_t commits = node->stats().commits;
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(node->stats().commits == commits);  // the ack alone wrote nothing
+  CHECK_FALSE(node->idle());                // the delete waits in the open group
+
+  // The next transition's group takes the delete along: one commit, and nothing is pending.
+  CHECK(total_of(call<Add>({"counter", "c"}, "k2", [](Add::Builder b) { b.setN(1); })) == 1);
+  REQUIRE(tandem::testing::wait_until([&] { return node->idle(); }));
+  CHECK(node->stats().commits == commits + 1);
+  restart();
+  REQUIRE(tandem::testing::wait_until([&] { return node->idle(); }));
+  CHECK(node->stats().duplicates == 0);  // the row was gone: nothing sent again
+  CHECK(counter("b") == 5);
+}
+
+TEST_CASE_FIXTURE(NodeFixture, "deletes of acknowledged rows are written after the linger on an idle node, and at a clean stop") {
+  opts.inline_local = false;
+  bool stop_first = false;
+  SUBCASE("the linger passes") { opts.ack_delete_linger_ms = 20; }
+  SUBCASE("the node stops first") {
+    opts.ack_delete_linger_ms = 60'000;
+    stop_first = true;
+  }
+  start();
+  CHECK(add_forwarded(*this, 2, "k1") == 2);
+  if (stop_first) {
+    REQUIRE(tandem::testing::wait_until([&] { return counter("b") == 2 && node->stats().outbox_depth == 0; }));
+    CHECK_FALSE(node->idle());  // the delete waits; stop() writes it
+  } else {
+    REQUIRE(tandem::testing::wait_until([&] { return node->idle(); }, std::chrono::seconds(5)));
+  }
+  restart();
+  REQUIRE(tandem::testing::wait_until([&] { return node->idle(); }));
+  CHECK(node->stats().duplicates == 0);  // no row was left to send again
+  CHECK(counter("b") == 2);
 }

@@ -158,6 +158,8 @@ class Cluster {
     no.faults.delay = p_.env_delay;
     no.faults.max_delay_us = 50'000;
     no.faults.seed = w_.rng().next();
+    // Deletes of acknowledged rows: some in groups of their own, most waiting for other groups.
+    no.ack_delete_linger_ms = w_.rng().chance(0.25) ? 0 : static_cast<int64_t>(w_.rng().uniform(300));
     n.node = std::make_unique<entity::ClusterNode>(*n.env, registry_, config_, id, no);
     uint32_t proc = n.proc;
     if (p_.rocksdb) {

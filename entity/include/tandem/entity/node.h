@@ -39,6 +39,11 @@ struct NodeOptions {
   int64_t op_grace_ms = 30'000;                // provider expiry = requester deadline + grace
   int64_t reply_retention_ms = 24 * 3600'000;  // client replies kept for retries this long, then dropped at compaction
   int64_t relay_ack_timeout_ms = 2'000;
+  // The delete of an acknowledged outbox row is not urgent (a row written again after a crash
+  // is resent and dropped as a duplicate), so it does not start a group commit of its own: it
+  // rides in the next group that commits anyway, or is written after this long on a node
+  // with nothing else to commit. 0: acknowledged rows are deleted in a group of their own.
+  int64_t ack_delete_linger_ms = 50;
   int64_t relay_backoff_min_ms = 5;
   int64_t relay_backoff_max_ms = 2'000;
   // Backpressure. A new client call is answered `overloaded` (busy) while this many calls wait
