@@ -6,6 +6,7 @@
 #include <map>
 #include <charconv>
 #include <fstream>
+#include <filesystem>
 #include <sstream>
 
 #include <tandem/core/bytes.h>
@@ -430,6 +431,18 @@ Result<ClusterConfig> ClusterConfig::parse(std::string_view text, const std::str
       if (!addr) return err(addr.status().message());
       if (!admin) return err(admin.status().message());
       if (c.node(static_cast<uint32_t>(id))) return err("node " + w[1] + " is listed twice");
+      // Two nodes on one port would each take the other's peers for itself (caught only at the
+      // handshake), and two on one data directory would fight over its RocksDB.
+      auto same = [](const net::Endpoint& a, const net::Endpoint& b) { return a.host == b.host && a.port == b.port; };
+      if (same(*addr, *admin)) return err("node " + w[1] + " has " + w[2] + " as both its node and its admin address");
+      auto dir = std::filesystem::path(w[6]).lexically_normal();
+      for (auto& n : c.nodes) {
+        for (auto* mine : {&*addr, &*admin})
+          if (same(*mine, n.addr) || same(*mine, n.admin))
+            return err("node " + w[1] + "'s address " + mine->to_string() + " is node " + std::to_string(n.id) + "'s already");
+        if (std::filesystem::path(n.data_dir).lexically_normal() == dir)
+          return err("node " + w[1] + "'s data directory " + w[6] + " is node " + std::to_string(n.id) + "'s already");
+      }
       c.nodes.push_back({static_cast<uint32_t>(id), *addr, *admin, w[6]});
     } else if (w[0] == "type" && w.size() >= 3) {
       // type <name> hash [slots=N] [partitions=N]  |  type <name> range [splits=k1,k2,...]

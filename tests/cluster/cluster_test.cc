@@ -18,6 +18,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -224,6 +225,10 @@ TEST_CASE("launcher: status, kill, restart and down, and its mistakes") {
   auto typo = c.launcher("stauts");
   CHECK(typo.code == 2);
   CHECK(typo.text.find("unknown command 'stauts'") != std::string::npos);
+  auto none = c.launcher("");
+  CHECK(none.code == 2);
+  CHECK(none.text.find("no command given") != std::string::npos);
+  CHECK(c.launcher("help").code == 0);
   auto twice = c.launcher("up --nodes 3 --binary " + std::string(TANDEM_RESERVATION_BIN) + " --base-port " + std::to_string(c.base));
   CHECK(twice.code != 0);
   CHECK(twice.text.find("already running") != std::string::npos);
@@ -398,12 +403,15 @@ TEST_CASE("bad input at a node port (wrong secret, garbage, oversized and trunca
   INFO(refused.text);
   CHECK(refused.code == 1);
   CHECK(refused.text.find("refused the handshake: wrong cluster secret") != std::string::npos);
-  // A config that names node 2's address as node 1's: tandemctl says so instead of showing
-  // node 2 as node 1.
+  // A config with the addresses of nodes 1 and 2 swapped: tandemctl says so instead of showing
+  // node 2 as node 1. (One address listed for two nodes is refused when the config is read.)
   std::string swapped = read_file(c.conf), swapped_conf = c.dir.sub("c") + "/swapped.conf";  // beside the secret file it names
-  auto line1 = swapped.find("node 1 127.0.0.1:" + std::to_string(c.port(1)) + " ");
-  REQUIRE(line1 != std::string::npos);
-  swapped.replace(line1, ("node 1 127.0.0.1:" + std::to_string(c.port(1))).size(), "node 1 127.0.0.1:" + std::to_string(c.port(2)));
+  for (auto [id, from, to] : {std::tuple{1, c.port(1), c.port(2)}, std::tuple{2, c.port(2), c.port(1)}}) {
+    std::string was = "node " + std::to_string(id) + " 127.0.0.1:" + std::to_string(from) + " ";
+    auto line = swapped.find(was);
+    REQUIRE(line != std::string::npos);
+    swapped.replace(line, was.size(), "node " + std::to_string(id) + " 127.0.0.1:" + std::to_string(to) + " ");
+  }
   std::ofstream(swapped_conf) << swapped;
   for (std::string cmd : {"status", "--node 1 status"}) {
     CAPTURE(cmd);
