@@ -1401,8 +1401,11 @@ TEST_CASE("kill/move storm: kill -9, pauses, moves, splits and merges while the 
           killer.get();
           for (int n = 1; n <= 3; ++n)
             if (c.launcher("status").text.find("node " + std::to_string(n) + "  127.0.0.1:" + std::to_string(c.port(n)) +
-                                               "  stopped") != std::string::npos)
-              CHECK(c.launcher("restart " + std::to_string(n)).code == 0);
+                                               "  stopped") != std::string::npos) {
+              auto r = c.launcher("restart " + std::to_string(n));
+              INFO(r.text);
+              CHECK(r.code == 0);
+            }
         }
       } else if (what < 80 && parts.size() < 40) {
         t.splits += changed(sh(c.ctl + "split " + std::to_string(p.id)), t);
